@@ -1,0 +1,125 @@
+//! The batch planner every storage backend shares: given the enrollments and
+//! idempotency records a batch touches (loaded by the backend inside its
+//! transaction), it decides every request in order and says what to write.
+//! Pure, like the rest of the core.
+
+use crate::ledger::{Hash, LedgerEntry};
+use crate::operation::{Applied, EnrollmentState, Rejection, Request, apply};
+use crate::{Enrollment, EnrollmentKey, IdempotencyKey, Timestamp};
+use std::collections::{HashMap, HashSet};
+
+/// An accepted operation as stored under its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOperation {
+    /// `Command::fingerprint` of the request that produced it.
+    pub fingerprint: Hash,
+    pub entry: LedgerEntry,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied now: a new ledger entry.
+    Accepted(LedgerEntry),
+    /// The idempotency key was used before for this same request: the
+    /// original entry, nothing changed.
+    Replayed(LedgerEntry),
+    /// Enrolled again with the same terms: the enrollment, nothing changed.
+    Unchanged(Enrollment),
+    /// Refused: nothing changed, nothing stored.
+    Rejected(Rejection),
+}
+
+/// What the backend loaded for a batch.
+#[derive(Debug, Default)]
+pub struct BatchInput {
+    /// Every existing enrollment the batch names.
+    pub states: HashMap<EnrollmentKey, EnrollmentState>,
+    /// Every stored operation under an idempotency key the batch carries.
+    pub stored: HashMap<(EnrollmentKey, IdempotencyKey), StoredOperation>,
+}
+
+/// What a batch decided and what the backend must write, in one transaction.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// One per request, in order.
+    pub outcomes: Vec<Outcome>,
+    /// New ledger entries with their request fingerprints, in order.
+    pub new_entries: Vec<(LedgerEntry, Hash)>,
+    /// The final state of every enrollment the batch changed.
+    pub changed: Vec<EnrollmentState>,
+    /// Which of `changed` did not exist before the batch.
+    pub created: HashSet<EnrollmentKey>,
+}
+
+/// The keys of the enrollments a batch touches, each once, in key order (the
+/// order in which a shared database locks them, so two batches never wait on
+/// each other in a cycle).
+pub fn enrollment_keys(requests: &[Request]) -> Vec<EnrollmentKey> {
+    let mut keys: Vec<EnrollmentKey> = requests.iter().map(|request| request.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The (enrollment, idempotency key) pairs a batch carries, each once.
+pub fn idempotency_keys(requests: &[Request]) -> Vec<(EnrollmentKey, IdempotencyKey)> {
+    let mut keys: Vec<_> = requests
+        .iter()
+        .filter_map(|request| Some((request.key.clone(), request.idempotency_key.clone()?)))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Decides every request of a batch in order, as if each were applied alone
+/// after the ones before it.
+pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> BatchPlan {
+    let BatchInput { mut states, mut stored } = input;
+    let mut plan = BatchPlan::default();
+    let mut changed_order: Vec<EnrollmentKey> = Vec::new();
+    for request in requests {
+        let state = states.get(&request.key);
+        let fingerprint = request.command.fingerprint();
+        let previous = state.and(request.idempotency_key.as_ref()).and_then(|idempotency_key| {
+            stored.get(&(request.key.clone(), idempotency_key.clone()))
+        });
+        let outcome = match previous {
+            Some(previous) if previous.fingerprint == fingerprint => Outcome::Replayed(previous.entry.clone()),
+            Some(_) => Outcome::Rejected(Rejection::IdempotencyKeyReused(
+                request.idempotency_key.as_ref().map(|key| key.to_string()).unwrap_or_default(),
+            )),
+            None => match apply(state, request, now) {
+                Err(rejection) => Outcome::Rejected(rejection),
+                Ok(Applied::Unchanged(enrollment)) => Outcome::Unchanged(enrollment),
+                Ok(Applied::Entry(entry)) => {
+                    if state.is_none() {
+                        plan.created.insert(request.key.clone());
+                    }
+                    if !changed_order.contains(&request.key) {
+                        changed_order.push(request.key.clone());
+                    }
+                    states.insert(
+                        request.key.clone(),
+                        EnrollmentState { enrollment: entry.enrollment.clone(), last_hash: entry.hash },
+                    );
+                    if let Some(idempotency_key) = &request.idempotency_key {
+                        stored.insert(
+                            (request.key.clone(), idempotency_key.clone()),
+                            StoredOperation { fingerprint, entry: entry.clone() },
+                        );
+                    }
+                    plan.new_entries.push((entry.clone(), fingerprint));
+                    Outcome::Accepted(entry)
+                }
+            },
+        };
+        plan.outcomes.push(outcome);
+    }
+    plan.changed = changed_order
+        .into_iter()
+        .map(|key| states.remove(&key).expect("a changed enrollment has a state"))
+        .collect();
+    plan
+}

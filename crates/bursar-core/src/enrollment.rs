@@ -1,0 +1,232 @@
+//! The enrollment: what one student owes and has paid for one course, and the
+//! statuses derived from those amounts.
+
+use crate::{CourseId, Currency, Price, Timestamp, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Identifies an enrollment: one per (user, course).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnrollmentKey {
+    pub user_id: UserId,
+    pub course_id: CourseId,
+}
+
+impl std::fmt::Display for EnrollmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.user_id, self.course_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// Something is due and nothing has been settled.
+    Pending,
+    /// Something is due and something has been settled.
+    Partial,
+    /// Nothing is due.
+    Completed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessStatus {
+    /// The policy has never held.
+    Locked,
+    /// The policy holds.
+    Granted,
+    /// The policy held once and no longer does (after a refund or a charge).
+    Revoked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EnrollmentStatus {
+    PendingPayment,
+    Active,
+    Suspended,
+    Completed,
+    Cancelled,
+}
+
+/// When a student gets access to the course.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+pub enum AccessPolicy {
+    /// Access once nothing is due.
+    #[default]
+    FullPayment,
+    /// Access once `amount_paid + amount_credited >= amount`, or once nothing
+    /// is due, whichever comes first.
+    MinSettled { amount: Price },
+}
+
+impl AccessPolicy {
+    pub fn holds(&self, amounts: &Amounts) -> bool {
+        match self {
+            AccessPolicy::FullPayment => amounts.due() == 0,
+            AccessPolicy::MinSettled { amount } => {
+                amounts.due() == 0 || amounts.settled() >= amount.minor_units()
+            }
+        }
+    }
+}
+
+/// The running totals of an enrollment, in minor units of its currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Amounts {
+    pub price: i64,
+    pub charged: i64,
+    pub paid: i64,
+    pub credited: i64,
+    pub refunded: i64,
+}
+
+impl Amounts {
+    /// What the student owes in total: price plus charges.
+    pub fn total(&self) -> i64 {
+        self.price + self.charged
+    }
+
+    /// Money received net of refunds, plus credits.
+    pub fn settled(&self) -> i64 {
+        self.paid + self.credited
+    }
+
+    /// `price + charged - paid - credited`. The operations keep it
+    /// non-negative; `check` proves it.
+    pub fn due(&self) -> i64 {
+        self.total() - self.settled()
+    }
+
+    /// The money invariants. A broken one is a bug, never a user error.
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("price", self.price),
+            ("amount_charged", self.charged),
+            ("amount_paid", self.paid),
+            ("amount_credited", self.credited),
+            ("amount_refunded", self.refunded),
+        ];
+        for (name, value) in fields {
+            if value < 0 {
+                return Err(format!("{name} is negative: {value}"));
+            }
+        }
+        if self.due() < 0 {
+            return Err(format!("amount_due is negative: {}", self.due()));
+        }
+        Ok(())
+    }
+}
+
+/// One enrollment as the API shows it, and as every ledger entry snapshots it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub user_id: UserId,
+    pub course_id: CourseId,
+    pub currency: Currency,
+    pub price: i64,
+    pub amount_charged: i64,
+    pub amount_paid: i64,
+    pub amount_credited: i64,
+    pub amount_refunded: i64,
+    pub amount_due: i64,
+    pub payment_status: PaymentStatus,
+    pub access_policy: AccessPolicy,
+    pub access_status: AccessStatus,
+    pub status: EnrollmentStatus,
+    pub version: u64,
+    #[serde(with = "timestamp_text")]
+    pub created_at: Timestamp,
+    #[serde(with = "timestamp_text")]
+    pub updated_at: Timestamp,
+}
+
+impl Enrollment {
+    pub fn key(&self) -> EnrollmentKey {
+        EnrollmentKey { user_id: self.user_id.clone(), course_id: self.course_id.clone() }
+    }
+
+    pub fn amounts(&self) -> Amounts {
+        Amounts {
+            price: self.price,
+            charged: self.amount_charged,
+            paid: self.amount_paid,
+            credited: self.amount_credited,
+            refunded: self.amount_refunded,
+        }
+    }
+
+    /// Writes new amounts and derives every status from them, so a status can
+    /// never disagree with the amounts it describes.
+    pub fn set_amounts(&mut self, amounts: Amounts) {
+        self.price = amounts.price;
+        self.amount_charged = amounts.charged;
+        self.amount_paid = amounts.paid;
+        self.amount_credited = amounts.credited;
+        self.amount_refunded = amounts.refunded;
+        self.amount_due = amounts.due();
+        self.payment_status = if amounts.due() == 0 {
+            PaymentStatus::Completed
+        } else if amounts.settled() > 0 {
+            PaymentStatus::Partial
+        } else {
+            PaymentStatus::Pending
+        };
+        self.access_status = if self.access_policy.holds(&amounts) {
+            AccessStatus::Granted
+        } else if self.access_status == AccessStatus::Locked {
+            AccessStatus::Locked
+        } else {
+            AccessStatus::Revoked
+        };
+        self.status = match (self.status, self.access_status) {
+            (EnrollmentStatus::Cancelled, _) => EnrollmentStatus::Cancelled,
+            // Completion is kept only while access holds: a completed course
+            // whose payment is refunded is suspended like any other.
+            (EnrollmentStatus::Completed, AccessStatus::Granted) => EnrollmentStatus::Completed,
+            (_, AccessStatus::Locked) => EnrollmentStatus::PendingPayment,
+            (_, AccessStatus::Granted) => EnrollmentStatus::Active,
+            (_, AccessStatus::Revoked) => EnrollmentStatus::Suspended,
+        };
+    }
+
+    /// Every invariant an enrollment must satisfy, statuses included.
+    pub fn check(&self) -> Result<(), String> {
+        let amounts = self.amounts();
+        amounts.check()?;
+        let mut derived = self.clone();
+        derived.set_amounts(amounts);
+        if derived != *self {
+            return Err(format!(
+                "stored fields disagree with the amounts: due {} / {:?} / {:?} / {:?}, derived due {} / {:?} / {:?} / {:?}",
+                self.amount_due,
+                self.payment_status,
+                self.access_status,
+                self.status,
+                derived.amount_due,
+                derived.payment_status,
+                derived.access_status,
+                derived.status
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Timestamps travel as RFC 3339 text in JSON; this reads back exactly what
+/// `Timestamp`'s `Display` writes, so stored snapshots round-trip.
+pub(crate) mod timestamp_text {
+    use crate::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        crate::time::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
+    }
+}

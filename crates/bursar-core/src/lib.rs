@@ -1,0 +1,24 @@
+//! The pure domain core of bursar: money, ids, enrollments, the operations of
+//! the contract as a pure function of state, operation and time, and the
+//! hash-chained ledger.
+//!
+//! Nothing in this crate does I/O or reads a clock: time is passed in, so
+//! every rule here is deterministic and testable on its own.
+
+pub mod batch;
+pub mod enrollment;
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod operation;
+pub mod time;
+
+pub use batch::{BatchInput, BatchPlan, Outcome, StoredOperation, plan_batch};
+pub use enrollment::{
+    AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
+};
+pub use ids::{CourseId, IdError, IdempotencyKey, Reason, Reference, UserId};
+pub use ledger::{Disagreement, EntryKind, Hash, LedgerEntry, verify_chain};
+pub use money::{Amount, Currency, MoneyError, Price};
+pub use operation::{Applied, Command, EnrollTerms, EnrollmentState, Rejection, Request, apply};
+pub use time::Timestamp;

@@ -1,0 +1,111 @@
+//! Server time as microseconds since the Unix epoch, rendered as RFC 3339 in
+//! UTC. The core never reads a clock: callers pass a `Timestamp` in.
+
+use serde::{Serialize, Serializer};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_unix_micros(micros: i64) -> Self {
+        Timestamp(micros)
+    }
+
+    pub fn unix_micros(self) -> i64 {
+        self.0
+    }
+}
+
+/// Days since 1970-01-01 to a civil (year, month, day), after Howard
+/// Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seconds = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let second_of_day = seconds.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 of a civil date, after Howard Hinnant's
+/// `days_from_civil`.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Reads exactly the form `Display` writes: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 27 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' || bytes[16] != b':' || bytes[19] != b'.' || bytes[26] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second, micros) = (number(11..13)?, number(14..16)?, number(17..19)?, number(20..26)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month as u32, day as u32);
+    let timestamp = Timestamp(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000) + micros);
+    // Reject dates like February 30th by rendering back.
+    (timestamp.to_string() == text).then_some(timestamp)
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc3339_utc() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-29T18:54:13.123456Z
+        assert_eq!(
+            Timestamp(1_795_978_453_123_456).to_string(),
+            "2026-11-29T18:54:13.123456Z"
+        );
+        assert_eq!(Timestamp(951_782_400_000_000).to_string(), "2000-02-29T00:00:00.000000Z");
+        for micros in [0, 1, 951_782_400_000_000, 1_795_978_453_123_456, 4_102_444_799_999_999] {
+            let stamp = Timestamp(micros);
+            assert_eq!(parse_rfc3339(&stamp.to_string()), Some(stamp));
+        }
+        assert_eq!(parse_rfc3339("2026-02-30T00:00:00.000000Z"), None);
+        assert_eq!(parse_rfc3339("2026-01-01T00:00:00Z"), None);
+    }
+}

@@ -49,6 +49,31 @@ pub enum EnrollmentStatus {
     Cancelled,
 }
 
+/// The names the API and the databases use for each status.
+macro_rules! status_names {
+    ($name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $name {
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+status_names!(PaymentStatus { Pending => "PENDING", Partial => "PARTIAL", Completed => "COMPLETED" });
+status_names!(AccessStatus { Locked => "LOCKED", Granted => "GRANTED", Revoked => "REVOKED" });
+status_names!(EnrollmentStatus {
+    PendingPayment => "PENDING_PAYMENT",
+    Active => "ACTIVE",
+    Suspended => "SUSPENDED",
+    Completed => "COMPLETED",
+    Cancelled => "CANCELLED",
+});
+
 /// When a student gets access to the course.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]

@@ -130,16 +130,6 @@ pub enum Applied {
     Unchanged(Enrollment),
 }
 
-fn status_name(status: EnrollmentStatus) -> &'static str {
-    match status {
-        EnrollmentStatus::PendingPayment => "PENDING_PAYMENT",
-        EnrollmentStatus::Active => "ACTIVE",
-        EnrollmentStatus::Suspended => "SUSPENDED",
-        EnrollmentStatus::Completed => "COMPLETED",
-        EnrollmentStatus::Cancelled => "CANCELLED",
-    }
-}
-
 fn policy_text(policy: &AccessPolicy) -> String {
     match policy {
         AccessPolicy::FullPayment => "FULL_PAYMENT".to_owned(),
@@ -192,7 +182,7 @@ pub fn apply(
             if current.access_status != AccessStatus::Granted || cancelled || current.status == EnrollmentStatus::Completed {
                 return Err(Rejection::InvalidTransition {
                     action: "complete",
-                    status: status_name(current.status),
+                    status: current.status.as_str(),
                     why: "completion needs access GRANTED and an enrollment that is neither completed nor cancelled",
                 });
             }
@@ -203,7 +193,7 @@ pub fn apply(
             if current.amount_paid > 0 || cancelled {
                 return Err(Rejection::InvalidTransition {
                     action: "cancel",
-                    status: status_name(current.status),
+                    status: current.status.as_str(),
                     why: "cancelling needs amount_paid = 0 and an enrollment that is not cancelled",
                 });
             }

@@ -1,1 +1,164 @@
-//! placeholder
+//! Storage for bursar: one `Store` over the backends, each applying whole
+//! batches of requests in one transaction with the batch planner of
+//! `bursar-core`, plus the reads, the audit and the API tokens.
+
+mod sqlite;
+
+use bursar_core::ledger::Disagreement;
+use bursar_core::{Enrollment, EnrollmentKey, LedgerEntry, Outcome, Request, Timestamp, UserId};
+use serde::Serialize;
+use std::path::Path;
+
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// Most enrollments `enrollments_of` returns for one user: far more than any
+/// student takes, small enough for one response.
+pub const USER_ENROLLMENTS_MAX: usize = 1000;
+
+/// Most ledger entries one page returns.
+pub const LEDGER_PAGE_ENTRIES_MAX: u32 = 1000;
+
+/// A storage failure. None of these is the caller's fault: the server answers
+/// `Unavailable` with 503 and `Retry-After`, and `Internal` with a logged 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is busy; retrying later may work.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug, corruption, a full disk.
+    #[error("storage failure: {0}")]
+    Internal(String),
+    /// The database URL or options are wrong (a start-up error).
+    #[error("bad database configuration: {0}")]
+    Config(String),
+}
+
+/// An API token as stored: only the SHA-256 of the token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_hash: [u8; 32],
+    pub role: String,
+}
+
+/// What `audit` found: `ok` is true exactly when `disagreements` is empty.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub enrollments: u64,
+    pub entries: u64,
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// Which backend a database URL names.
+pub enum DatabaseUrl {
+    Sqlite(SqliteOptions),
+}
+
+impl DatabaseUrl {
+    /// `sqlite://PATH` (relative), `sqlite:///ABSOLUTE/PATH`, with an optional
+    /// `?synchronous=FULL|NORMAL|OFF`.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, StoreError> {
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            return Ok(DatabaseUrl::Sqlite(SqliteOptions::parse(rest)?));
+        }
+        Err(StoreError::Config(format!(
+            "unsupported database URL {url:?}: expected sqlite://PATH"
+        )))
+    }
+}
+
+/// The storage of one bursar deployment.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens (creating if need be) and migrates the database the URL names.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(options) => Ok(Store::Sqlite(SqliteStore::open(options).await?)),
+        }
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Decides and durably commits a batch in one transaction: the outcomes
+    /// are answered only after the commit.
+    pub async fn execute(&self, requests: Vec<Request>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.execute(requests, now).await,
+        }
+    }
+
+    pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.enrollment(key).await,
+        }
+    }
+
+    /// A user's enrollments by course id, at most `USER_ENROLLMENTS_MAX`.
+    pub async fn enrollments_of(&self, user_id: &UserId) -> Result<Vec<Enrollment>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.enrollments_of(user_id).await,
+        }
+    }
+
+    /// At most `limit` entries with `seq > after`, oldest first.
+    pub async fn ledger(&self, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.ledger(key, after, limit).await,
+        }
+    }
+
+    /// Replays every enrollment's ledger and verifies every chain.
+    pub async fn audit(&self) -> Result<AuditReport, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.audit().await,
+        }
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.tokens().await,
+        }
+    }
+
+    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.insert_token(token, now).await,
+        }
+    }
+
+    /// Whether the database answers; for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.ping().await,
+        }
+    }
+
+    /// A consistent copy of the whole database, for `bursar backup`.
+    pub async fn backup(&self, destination: &Path) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.backup(destination).await,
+        }
+    }
+}
+
+/// The per-enrollment audit every backend shares: load, then verify.
+pub(crate) fn audit_one(
+    key: &EnrollmentKey,
+    entries: &[LedgerEntry],
+    stored: Option<&Enrollment>,
+    report: &mut AuditReport,
+) {
+    report.enrollments += u64::from(stored.is_some());
+    report.entries += entries.len() as u64;
+    report.disagreements.extend(bursar_core::verify_chain(key, entries, stored));
+    report.ok = report.disagreements.is_empty();
+}

@@ -1,0 +1,715 @@
+//! The embedded SQLite backend: one file in WAL mode, `synchronous=FULL` by
+//! default, one writer connection (batches are serialized by the writer and
+//! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
+
+use crate::{AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one};
+use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
+use bursar_core::{
+    AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
+    EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, Outcome, PaymentStatus, Price,
+    Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Reader connections kept open between reads; more are opened under load
+/// and closed after.
+const READER_CONNECTIONS_IDLE_MAX: usize = 8;
+
+/// How long a connection waits for another process's lock before the
+/// operation fails as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's `synchronous` setting. `Full` fsyncs the WAL on every commit,
+/// which is what makes an acknowledged operation durable across power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+impl SqliteOptions {
+    /// Parses what follows `sqlite://`: a path and an optional
+    /// `?synchronous=FULL|NORMAL|OFF`.
+    pub fn parse(rest: &str) -> Result<SqliteOptions, StoreError> {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err(StoreError::Config("sqlite:// needs a file path, e.g. sqlite://bursar.db".into()));
+        }
+        let mut synchronous = Synchronous::Full;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("synchronous", value)) => {
+                    synchronous = match value.to_ascii_uppercase().as_str() {
+                        "FULL" => Synchronous::Full,
+                        "NORMAL" => Synchronous::Normal,
+                        "OFF" => Synchronous::Off,
+                        _ => return Err(StoreError::Config(format!("synchronous must be FULL, NORMAL or OFF, not {value:?}"))),
+                    }
+                }
+                _ => return Err(StoreError::Config(format!("unknown SQLite option {pair:?}; the one option is synchronous"))),
+            }
+        }
+        Ok(SqliteOptions { path: PathBuf::from(path), synchronous })
+    }
+}
+
+struct Inner {
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Never edit one that has shipped: add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE enrollments (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    price INTEGER NOT NULL,
+    amount_charged INTEGER NOT NULL,
+    amount_paid INTEGER NOT NULL,
+    amount_credited INTEGER NOT NULL,
+    amount_refunded INTEGER NOT NULL,
+    amount_due INTEGER NOT NULL,
+    payment_status TEXT NOT NULL,
+    access_policy_kind TEXT NOT NULL,
+    access_policy_amount INTEGER,
+    access_status TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_hash TEXT NOT NULL,
+    PRIMARY KEY (user_id, course_id)
+) WITHOUT ROWID;
+
+CREATE TABLE ledger (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    idempotency_key TEXT,
+    fingerprint TEXT NOT NULL,
+    reference TEXT,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    snapshot TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (user_id, course_id, seq)
+) WITHOUT ROWID;
+
+CREATE UNIQUE INDEX ledger_idempotency_key
+    ON ledger (user_id, course_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE api_tokens (
+    token_hash BLOB PRIMARY KEY,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+fn map_error(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    match &error {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(failure.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) =>
+        {
+            StoreError::Unavailable(error.to_string())
+        }
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let connection = Connection::open_with_flags(&options.path, flags).map_err(|error| {
+        StoreError::Unavailable(format!("cannot open {}: {error}", options.path.display()))
+    })?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
+    let synchronous = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Off => "OFF",
+    };
+    connection
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(map_error)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    let applied: i64 = transaction
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(map_error)?;
+    let applied = usize::try_from(applied).map_err(|_| StoreError::Config("negative schema version".into()))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Config(format!(
+            "the database has schema version {applied}, newer than this bursar knows ({}); upgrade bursar",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        transaction.execute_batch(migration).map_err(map_error)?;
+        transaction
+            .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+            .map_err(map_error)?;
+        tracing::info!(version = index + 1, "applied schema migration");
+    }
+    transaction.commit().map_err(map_error)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Internal(format!("storage task failed: {error}")))?
+}
+
+impl SqliteStore {
+    pub async fn open(options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        blocking(move || {
+            let mut writer = open_connection(&options, true)?;
+            migrate(&mut writer)?;
+            Ok(SqliteStore {
+                inner: Arc::new(Inner { options, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            })
+        })
+        .await
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.options.path
+    }
+
+    /// Runs `work` on a pooled reader connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let pooled = inner.readers.lock().expect("reader pool lock").pop();
+            let connection = match pooled {
+                Some(connection) => connection,
+                None => open_connection(&inner.options, false)?,
+            };
+            let result = work(&connection);
+            let mut readers = inner.readers.lock().expect("reader pool lock");
+            if readers.len() < READER_CONNECTIONS_IDLE_MAX {
+                readers.push(connection);
+            }
+            result
+        })
+        .await
+    }
+
+    pub async fn execute(&self, requests: Vec<Request>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut writer = inner.writer.lock().expect("writer lock");
+            execute_batch(&mut writer, &requests, now)
+        })
+        .await
+    }
+
+    pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
+        let key = key.clone();
+        self.read(move |connection| Ok(load_state(connection, &key)?.map(|state| state.enrollment))).await
+    }
+
+    pub async fn enrollments_of(&self, user_id: &UserId) -> Result<Vec<Enrollment>, StoreError> {
+        let user_id = user_id.clone();
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT ?2"
+                ))
+                .map_err(map_error)?;
+            let rows = statement
+                .query_map(params![user_id.as_str(), USER_ENROLLMENTS_MAX as i64], read_enrollment_row)
+                .map_err(map_error)?;
+            let mut enrollments = Vec::new();
+            for row in rows {
+                enrollments.push(checked_state(row.map_err(map_error)?)?.enrollment);
+            }
+            Ok(enrollments)
+        })
+        .await
+    }
+
+    pub async fn ledger(&self, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+        let key = key.clone();
+        let limit = limit.min(LEDGER_PAGE_ENTRIES_MAX);
+        self.read(move |connection| {
+            load_entries(connection, &key, after, limit)?
+                .into_iter()
+                .map(|row| row.map(|(entry, _)| entry).map_err(StoreError::Internal))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn audit(&self) -> Result<AuditReport, StoreError> {
+        self.read(audit).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare_cached("SELECT token_hash, role FROM api_tokens").map_err(map_error)?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))
+                .map_err(map_error)?;
+            let mut tokens = Vec::new();
+            for row in rows {
+                let (hash, role) = row.map_err(map_error)?;
+                let token_hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Internal("a stored token hash is not 32 bytes".into()))?;
+                tokens.push(TokenRecord { token_hash, role });
+            }
+            Ok(tokens)
+        })
+        .await
+    }
+
+    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let writer = inner.writer.lock().expect("writer lock");
+            writer
+                .execute(
+                    "INSERT INTO api_tokens (token_hash, role, created_at) VALUES (?1, ?2, ?3)",
+                    params![&token.token_hash[..], token.role, now.unix_micros()],
+                )
+                .map_err(map_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|connection| connection.query_row("SELECT 1", [], |_| Ok(())).map_err(map_error)).await
+    }
+
+    pub async fn backup(&self, destination: &Path) -> Result<(), StoreError> {
+        let destination = destination.to_path_buf();
+        if destination.exists() {
+            return Err(StoreError::Config(format!("{} exists already; backup never overwrites", destination.display())));
+        }
+        self.read(move |connection| {
+            let target = destination
+                .to_str()
+                .ok_or_else(|| StoreError::Config("the backup path must be UTF-8".into()))?;
+            connection.execute("VACUUM INTO ?1", params![target]).map_err(map_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// One batch, one `BEGIN IMMEDIATE … COMMIT`, one fsync of the WAL.
+fn execute_batch(connection: &mut Connection, requests: &[Request], now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    let mut input = BatchInput::default();
+    for key in enrollment_keys(requests) {
+        if let Some(state) = load_state(&transaction, &key)? {
+            input.states.insert(key, state);
+        }
+    }
+    for (key, idempotency_key) in idempotency_keys(requests) {
+        if input.states.contains_key(&key) {
+            if let Some(stored) = load_stored(&transaction, &key, &idempotency_key)? {
+                input.stored.insert((key, idempotency_key), stored);
+            }
+        }
+    }
+    let versions_before: HashMap<EnrollmentKey, u64> = input
+        .states
+        .iter()
+        .map(|(key, state)| (key.clone(), state.enrollment.version))
+        .collect();
+    let plan = plan_batch(input, requests, now);
+    for state in &plan.changed {
+        let key = state.enrollment.key();
+        match versions_before.get(&key) {
+            None => insert_enrollment(&transaction, state)?,
+            Some(version) => update_enrollment(&transaction, state, *version)?,
+        }
+    }
+    {
+        let mut insert = transaction.prepare_cached(INSERT_ENTRY).map_err(map_error)?;
+        for (entry, fingerprint) in &plan.new_entries {
+            let snapshot = serde_json::to_string(&entry.enrollment).expect("an enrollment serializes");
+            insert
+                .execute(params![
+                    entry.enrollment.user_id.as_str(),
+                    entry.enrollment.course_id.as_str(),
+                    entry.seq as i64,
+                    entry.kind.as_str(),
+                    entry.amount,
+                    entry.currency.as_str(),
+                    entry.idempotency_key.as_ref().map(IdempotencyKey::as_str),
+                    fingerprint.to_hex(),
+                    entry.reference.as_ref().map(Reference::as_str),
+                    entry.reason.as_ref().map(Reason::as_str),
+                    entry.created_at.unix_micros(),
+                    snapshot,
+                    entry.prev_hash.to_hex(),
+                    entry.hash.to_hex(),
+                ])
+                .map_err(map_error)?;
+        }
+    }
+    transaction.commit().map_err(map_error)?;
+    Ok(plan.outcomes)
+}
+
+const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price, amount_charged, amount_paid, \
+     amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
+     access_policy_amount, access_status, status, version, created_at, updated_at, last_hash";
+
+const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
+     reason, created_at, snapshot, prev_hash, hash";
+
+const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
+     idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// The raw columns of an enrollment row, before validation.
+struct EnrollmentRow {
+    user_id: String,
+    course_id: String,
+    currency: String,
+    amounts: [i64; 6],
+    payment_status: String,
+    policy_kind: String,
+    policy_amount: Option<i64>,
+    access_status: String,
+    status: String,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+    last_hash: String,
+}
+
+fn read_enrollment_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
+    Ok(EnrollmentRow {
+        user_id: row.get(0)?,
+        course_id: row.get(1)?,
+        currency: row.get(2)?,
+        amounts: [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?],
+        payment_status: row.get(9)?,
+        policy_kind: row.get(10)?,
+        policy_amount: row.get(11)?,
+        access_status: row.get(12)?,
+        status: row.get(13)?,
+        version: row.get(14)?,
+        created_at: row.get(15)?,
+        updated_at: row.get(16)?,
+        last_hash: row.get(17)?,
+    })
+}
+
+fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
+    let [price, amount_charged, amount_paid, amount_credited, amount_refunded, amount_due] = row.amounts;
+    let bad = |what: &str| format!("enrollment {}/{}: bad {what}", row.user_id, row.course_id);
+    let access_policy = match row.policy_kind.as_str() {
+        "FULL_PAYMENT" => AccessPolicy::FullPayment,
+        "MIN_SETTLED" => AccessPolicy::MinSettled {
+            amount: Price::new(i128::from(row.policy_amount.ok_or_else(|| bad("policy amount"))?))
+                .map_err(|_| bad("policy amount"))?,
+        },
+        _ => return Err(bad("access policy")),
+    };
+    let enrollment = Enrollment {
+        user_id: UserId::parse(&row.user_id).map_err(|_| bad("user_id"))?,
+        course_id: CourseId::parse(&row.course_id).map_err(|_| bad("course_id"))?,
+        currency: Currency::parse(&row.currency).map_err(|_| bad("currency"))?,
+        price,
+        amount_charged,
+        amount_paid,
+        amount_credited,
+        amount_refunded,
+        amount_due,
+        payment_status: PaymentStatus::parse(&row.payment_status).ok_or_else(|| bad("payment_status"))?,
+        access_policy,
+        access_status: AccessStatus::parse(&row.access_status).ok_or_else(|| bad("access_status"))?,
+        status: EnrollmentStatus::parse(&row.status).ok_or_else(|| bad("status"))?,
+        version: u64::try_from(row.version).map_err(|_| bad("version"))?,
+        created_at: Timestamp::from_unix_micros(row.created_at),
+        updated_at: Timestamp::from_unix_micros(row.updated_at),
+    };
+    let last_hash = Hash::from_hex(&row.last_hash).ok_or_else(|| bad("last_hash"))?;
+    Ok(EnrollmentState { enrollment, last_hash })
+}
+
+/// Parses a row and asserts the money invariants on what was read back: a
+/// broken one is corruption or a bug, never something to serve or build on.
+fn checked_state(row: EnrollmentRow) -> Result<EnrollmentState, StoreError> {
+    let state = parse_state(row).map_err(StoreError::Internal)?;
+    state.enrollment.check().map_err(|broken| {
+        StoreError::Internal(format!("enrollment {} breaks an invariant: {broken}", state.enrollment.key()))
+    })?;
+    Ok(state)
+}
+
+fn load_state(connection: &Connection, key: &EnrollmentKey) -> Result<Option<EnrollmentState>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
+        .map_err(map_error)?;
+    let row = statement
+        .query_row(params![key.user_id.as_str(), key.course_id.as_str()], read_enrollment_row)
+        .optional()
+        .map_err(map_error)?;
+    row.map(checked_state).transpose()
+}
+
+fn policy_columns(policy: &AccessPolicy) -> (&'static str, Option<i64>) {
+    match policy {
+        AccessPolicy::FullPayment => ("FULL_PAYMENT", None),
+        AccessPolicy::MinSettled { amount } => ("MIN_SETTLED", Some(amount.minor_units())),
+    }
+}
+
+fn insert_enrollment(connection: &Connection, state: &EnrollmentState) -> Result<(), StoreError> {
+    let enrollment = &state.enrollment;
+    let (policy_kind, policy_amount) = policy_columns(&enrollment.access_policy);
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "INSERT INTO enrollments ({ENROLLMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        ))
+        .map_err(map_error)?;
+    statement
+        .execute(params![
+            enrollment.user_id.as_str(),
+            enrollment.course_id.as_str(),
+            enrollment.currency.as_str(),
+            enrollment.price,
+            enrollment.amount_charged,
+            enrollment.amount_paid,
+            enrollment.amount_credited,
+            enrollment.amount_refunded,
+            enrollment.amount_due,
+            enrollment.payment_status.as_str(),
+            policy_kind,
+            policy_amount,
+            enrollment.access_status.as_str(),
+            enrollment.status.as_str(),
+            enrollment.version as i64,
+            enrollment.created_at.unix_micros(),
+            enrollment.updated_at.unix_micros(),
+            state.last_hash.to_hex(),
+        ])
+        .map_err(map_error)?;
+    Ok(())
+}
+
+fn update_enrollment(connection: &Connection, state: &EnrollmentState, version_before: u64) -> Result<(), StoreError> {
+    let enrollment = &state.enrollment;
+    let mut statement = connection
+        .prepare_cached(
+            "UPDATE enrollments SET amount_charged = ?3, amount_paid = ?4, amount_credited = ?5, \
+             amount_refunded = ?6, amount_due = ?7, payment_status = ?8, access_status = ?9, status = ?10, \
+             version = ?11, updated_at = ?12, last_hash = ?13 \
+             WHERE user_id = ?1 AND course_id = ?2 AND version = ?14",
+        )
+        .map_err(map_error)?;
+    let updated = statement
+        .execute(params![
+            enrollment.user_id.as_str(),
+            enrollment.course_id.as_str(),
+            enrollment.amount_charged,
+            enrollment.amount_paid,
+            enrollment.amount_credited,
+            enrollment.amount_refunded,
+            enrollment.amount_due,
+            enrollment.payment_status.as_str(),
+            enrollment.access_status.as_str(),
+            enrollment.status.as_str(),
+            enrollment.version as i64,
+            enrollment.updated_at.unix_micros(),
+            state.last_hash.to_hex(),
+            version_before as i64,
+        ])
+        .map_err(map_error)?;
+    if updated != 1 {
+        // The write lock is held for the whole batch, so this means someone
+        // changed the row behind bursar's back.
+        return Err(StoreError::Internal(format!(
+            "enrollment {} changed under the writer (expected version {version_before})",
+            enrollment.key()
+        )));
+    }
+    Ok(())
+}
+
+type EntryRow = Result<(LedgerEntry, Hash), String>;
+
+fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryRow> {
+    let seq: i64 = row.get(0)?;
+    let kind: String = row.get(1)?;
+    let amount: i64 = row.get(2)?;
+    let currency: String = row.get(3)?;
+    let idempotency_key: Option<String> = row.get(4)?;
+    let fingerprint: String = row.get(5)?;
+    let reference: Option<String> = row.get(6)?;
+    let reason: Option<String> = row.get(7)?;
+    let created_at: i64 = row.get(8)?;
+    let snapshot: String = row.get(9)?;
+    let prev_hash: String = row.get(10)?;
+    let hash: String = row.get(11)?;
+    let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
+    let parse = || -> Result<(LedgerEntry, Hash), String> {
+        let entry = LedgerEntry {
+            seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
+            kind: EntryKind::parse(&kind).ok_or_else(|| bad("kind"))?,
+            amount,
+            currency: Currency::parse(&currency).map_err(|_| bad("currency"))?,
+            idempotency_key: idempotency_key
+                .map(|text| IdempotencyKey::parse(&text))
+                .transpose()
+                .map_err(|_| bad("idempotency_key"))?,
+            reference: reference.map(|text| Reference::parse(&text)).transpose().map_err(|_| bad("reference"))?,
+            reason: reason.map(|text| Reason::parse(&text)).transpose().map_err(|_| bad("reason"))?,
+            created_at: Timestamp::from_unix_micros(created_at),
+            enrollment: serde_json::from_str(&snapshot).map_err(|error| bad(&format!("snapshot ({error})")))?,
+            prev_hash: Hash::from_hex(&prev_hash).ok_or_else(|| bad("prev_hash"))?,
+            hash: Hash::from_hex(&hash).ok_or_else(|| bad("hash"))?,
+        };
+        Ok((entry, Hash::from_hex(&fingerprint).ok_or_else(|| bad("fingerprint"))?))
+    };
+    Ok(parse())
+}
+
+fn load_entries(connection: &Connection, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<EntryRow>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+        ))
+        .map_err(map_error)?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![key.user_id.as_str(), key.course_id.as_str(), after, i64::from(limit)], |row| {
+            read_entry_row(key, row)
+        })
+        .map_err(map_error)?;
+    rows.map(|row| row.map_err(map_error)).collect()
+}
+
+fn load_stored(
+    connection: &Connection,
+    key: &EnrollmentKey,
+    idempotency_key: &IdempotencyKey,
+) -> Result<Option<StoredOperation>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND idempotency_key = ?3"
+        ))
+        .map_err(map_error)?;
+    let row = statement
+        .query_row(
+            params![key.user_id.as_str(), key.course_id.as_str(), idempotency_key.as_str()],
+            |row| read_entry_row(key, row),
+        )
+        .optional()
+        .map_err(map_error)?;
+    match row {
+        None => Ok(None),
+        Some(Err(problem)) => Err(StoreError::Internal(problem)),
+        Some(Ok((entry, fingerprint))) => Ok(Some(StoredOperation { fingerprint, entry })),
+    }
+}
+
+fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport { ok: true, enrollments: 0, entries: 0, disagreements: Vec::new() };
+    let mut statement = connection
+        .prepare("SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2")
+        .map_err(map_error)?;
+    let keys: Vec<(String, String)> = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(map_error)?
+        .collect::<Result<_, _>>()
+        .map_err(map_error)?;
+    for (user_id, course_id) in keys {
+        let (Ok(user_id), Ok(course_id)) = (UserId::parse(&user_id), CourseId::parse(&course_id)) else {
+            report.disagreements.push(bursar_core::Disagreement {
+                user_id,
+                course_id,
+                seq: None,
+                problem: "the stored ids are not valid ids".into(),
+            });
+            report.ok = false;
+            continue;
+        };
+        let key = EnrollmentKey { user_id, course_id };
+        let mut problems = Vec::new();
+        let stored = {
+            let mut statement = connection
+                .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
+                .map_err(map_error)?;
+            let row = statement
+                .query_row(params![key.user_id.as_str(), key.course_id.as_str()], read_enrollment_row)
+                .optional()
+                .map_err(map_error)?;
+            match row.map(parse_state) {
+                None => None,
+                Some(Ok(state)) => Some(state),
+                Some(Err(problem)) => {
+                    problems.push((None, problem));
+                    None
+                }
+            }
+        };
+        let mut entries = Vec::new();
+        for row in load_entries(connection, &key, 0, u32::MAX)? {
+            match row {
+                Ok((entry, _)) => entries.push(entry),
+                Err(problem) => problems.push((None, problem)),
+            }
+        }
+        if let Some(state) = &stored {
+            if entries.last().is_some_and(|last| last.hash != state.last_hash) {
+                problems.push((None, format!("the enrollment's last_hash {} is not its newest entry's hash", state.last_hash)));
+            }
+        }
+        audit_one(&key, &entries, stored.as_ref().map(|state| &state.enrollment), &mut report);
+        for (seq, problem) in problems {
+            report.disagreements.push(bursar_core::Disagreement {
+                user_id: key.user_id.to_string(),
+                course_id: key.course_id.to_string(),
+                seq,
+                problem,
+            });
+        }
+        report.ok = report.disagreements.is_empty();
+    }
+    Ok(report)
+}

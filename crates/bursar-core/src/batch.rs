@@ -76,19 +76,30 @@ pub fn idempotency_keys(requests: &[Request]) -> Vec<(EnrollmentKey, Idempotency
 /// Decides every request of a batch in order, as if each were applied alone
 /// after the ones before it.
 pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> BatchPlan {
-    let BatchInput { mut states, mut stored } = input;
+    let BatchInput {
+        mut states,
+        mut stored,
+    } = input;
     let mut plan = BatchPlan::default();
     let mut changed_order: Vec<EnrollmentKey> = Vec::new();
     for request in requests {
         let state = states.get(&request.key);
         let fingerprint = request.command.fingerprint();
-        let previous = state.and(request.idempotency_key.as_ref()).and_then(|idempotency_key| {
-            stored.get(&(request.key.clone(), idempotency_key.clone()))
-        });
+        let previous = state
+            .and(request.idempotency_key.as_ref())
+            .and_then(|idempotency_key| {
+                stored.get(&(request.key.clone(), idempotency_key.clone()))
+            });
         let outcome = match previous {
-            Some(previous) if previous.fingerprint == fingerprint => Outcome::Replayed(previous.entry.clone()),
+            Some(previous) if previous.fingerprint == fingerprint => {
+                Outcome::Replayed(previous.entry.clone())
+            }
             Some(_) => Outcome::Rejected(Rejection::IdempotencyKeyReused(
-                request.idempotency_key.as_ref().map(|key| key.to_string()).unwrap_or_default(),
+                request
+                    .idempotency_key
+                    .as_ref()
+                    .map(|key| key.to_string())
+                    .unwrap_or_default(),
             )),
             None => match apply(state, request, now) {
                 Err(rejection) => Outcome::Rejected(rejection),
@@ -102,12 +113,18 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                     }
                     states.insert(
                         request.key.clone(),
-                        EnrollmentState { enrollment: entry.enrollment.clone(), last_hash: entry.hash },
+                        EnrollmentState {
+                            enrollment: entry.enrollment.clone(),
+                            last_hash: entry.hash,
+                        },
                     );
                     if let Some(idempotency_key) = &request.idempotency_key {
                         stored.insert(
                             (request.key.clone(), idempotency_key.clone()),
-                            StoredOperation { fingerprint, entry: entry.clone() },
+                            StoredOperation {
+                                fingerprint,
+                                entry: entry.clone(),
+                            },
                         );
                     }
                     plan.new_entries.push((entry.clone(), fingerprint));
@@ -119,7 +136,11 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
     }
     plan.changed = changed_order
         .into_iter()
-        .map(|key| states.remove(&key).expect("a changed enrollment has a state"))
+        .map(|key| {
+            states
+                .remove(&key)
+                .expect("a changed enrollment has a state")
+        })
         .collect();
     plan
 }

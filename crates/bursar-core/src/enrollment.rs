@@ -17,6 +17,7 @@ impl std::fmt::Display for EnrollmentKey {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
@@ -28,6 +29,7 @@ pub enum PaymentStatus {
     Completed,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AccessStatus {
@@ -39,6 +41,7 @@ pub enum AccessStatus {
     Revoked,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EnrollmentStatus {
@@ -75,6 +78,7 @@ status_names!(EnrollmentStatus {
 });
 
 /// When a student gets access to the course.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
 pub enum AccessPolicy {
@@ -146,6 +150,7 @@ impl Amounts {
 }
 
 /// One enrollment as the API shows it, and as every ledger entry snapshots it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrollment {
     pub user_id: UserId,
@@ -162,15 +167,16 @@ pub struct Enrollment {
     pub access_status: AccessStatus,
     pub status: EnrollmentStatus,
     pub version: u64,
-    #[serde(with = "timestamp_text")]
     pub created_at: Timestamp,
-    #[serde(with = "timestamp_text")]
     pub updated_at: Timestamp,
 }
 
 impl Enrollment {
     pub fn key(&self) -> EnrollmentKey {
-        EnrollmentKey { user_id: self.user_id.clone(), course_id: self.course_id.clone() }
+        EnrollmentKey {
+            user_id: self.user_id.clone(),
+            course_id: self.course_id.clone(),
+        }
     }
 
     pub fn amounts(&self) -> Amounts {
@@ -237,21 +243,5 @@ impl Enrollment {
             ));
         }
         Ok(())
-    }
-}
-
-/// Timestamps travel as RFC 3339 text in JSON; this reads back exactly what
-/// `Timestamp`'s `Display` writes, so stored snapshots round-trip.
-pub(crate) mod timestamp_text {
-    use crate::Timestamp;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(value)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        crate::time::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
     }
 }

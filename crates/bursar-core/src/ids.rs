@@ -17,7 +17,9 @@ pub const REASON_CHARS_MAX: usize = 1024;
 pub enum IdError {
     #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:@-]")]
     BadId { what: &'static str, max: usize },
-    #[error("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters, without leading or trailing spaces")]
+    #[error(
+        "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters, without leading or trailing spaces"
+    )]
     BadIdempotencyKey,
     #[error("{what} must be 1 to {max} characters, not blank, without control characters")]
     BadText { what: &'static str, max: usize },
@@ -32,13 +34,17 @@ fn check_id(text: &str, what: &'static str) -> Result<(), IdError> {
     if (1..=ID_CHARS_MAX).contains(&text.len()) && text.chars().all(is_id_char) {
         Ok(())
     } else {
-        Err(IdError::BadId { what, max: ID_CHARS_MAX })
+        Err(IdError::BadId {
+            what,
+            max: ID_CHARS_MAX,
+        })
     }
 }
 
 fn check_text(text: &str, what: &'static str, max: usize) -> Result<(), IdError> {
     let chars = text.chars().count();
-    if (1..=max).contains(&chars) && !text.trim().is_empty() && !text.chars().any(char::is_control) {
+    if (1..=max).contains(&chars) && !text.trim().is_empty() && !text.chars().any(char::is_control)
+    {
         Ok(())
     } else {
         Err(IdError::BadText { what, max })

@@ -2,7 +2,6 @@
 //! carrying the enrollment as it stood right after it and a SHA-256 over its
 //! canonical bytes and the previous entry's hash.
 
-use crate::enrollment::timestamp_text;
 use crate::operation::{Applied, Command, EnrollTerms, EnrollmentState, Request, apply};
 use crate::{
     Amount, Currency, Enrollment, EnrollmentKey, IdempotencyKey, Price, Reason, Reference,
@@ -73,10 +72,12 @@ impl Serialize for Hash {
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Hash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("hash must be 64 lower-case hex digits"))
+        Hash::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("hash must be 64 lower-case hex digits"))
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EntryKind {
@@ -118,6 +119,7 @@ impl EntryKind {
 }
 
 /// One immutable ledger entry, exactly as the API shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// 1 for the enrolment, then one more per accepted operation; always equal
@@ -130,7 +132,6 @@ pub struct LedgerEntry {
     pub idempotency_key: Option<IdempotencyKey>,
     pub reference: Option<Reference>,
     pub reason: Option<Reason>,
-    #[serde(with = "timestamp_text")]
     pub created_at: Timestamp,
     pub enrollment: Enrollment,
     pub prev_hash: Hash,
@@ -149,7 +150,6 @@ struct CanonicalEntry<'a> {
     idempotency_key: &'a Option<IdempotencyKey>,
     reference: &'a Option<Reference>,
     reason: &'a Option<Reason>,
-    #[serde(with = "timestamp_text")]
     created_at: &'a Timestamp,
     enrollment: &'a Enrollment,
 }
@@ -212,10 +212,24 @@ impl LedgerEntry {
                 price: Price::new(i128::from(self.amount)).ok()?,
                 access_policy: self.enrollment.access_policy,
             }),
-            EntryKind::Payment => Command::Payment { amount: amount()?, currency: None, reference: self.reference.clone() },
-            EntryKind::Credit => Command::Credit { amount: amount()?, reason: self.reason.clone()? },
-            EntryKind::Refund => Command::Refund { amount: amount()?, reason: self.reason.clone()?, reference: self.reference.clone() },
-            EntryKind::Charge => Command::Charge { amount: amount()?, reason: self.reason.clone()? },
+            EntryKind::Payment => Command::Payment {
+                amount: amount()?,
+                currency: None,
+                reference: self.reference.clone(),
+            },
+            EntryKind::Credit => Command::Credit {
+                amount: amount()?,
+                reason: self.reason.clone()?,
+            },
+            EntryKind::Refund => Command::Refund {
+                amount: amount()?,
+                reason: self.reason.clone()?,
+                reference: self.reference.clone(),
+            },
+            EntryKind::Charge => Command::Charge {
+                amount: amount()?,
+                reason: self.reason.clone()?,
+            },
             EntryKind::Complete => Command::Complete,
             EntryKind::Cancel => Command::Cancel,
         })
@@ -223,6 +237,7 @@ impl LedgerEntry {
 }
 
 /// One way in which stored data disagrees with its own ledger.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Disagreement {
     pub user_id: String,
@@ -254,25 +269,55 @@ pub fn verify_chain(
     for (index, entry) in entries.iter().enumerate() {
         let seq = Some(entry.seq);
         if entry.seq != index as u64 + 1 {
-            report(seq, format!("sequence gap: expected seq {}, found {}", index + 1, entry.seq));
+            report(
+                seq,
+                format!(
+                    "sequence gap: expected seq {}, found {}",
+                    index + 1,
+                    entry.seq
+                ),
+            );
         }
         if entry.prev_hash != prev_hash {
-            report(seq, format!("prev_hash {} does not match the previous entry's hash {}", entry.prev_hash, prev_hash));
+            report(
+                seq,
+                format!(
+                    "prev_hash {} does not match the previous entry's hash {}",
+                    entry.prev_hash, prev_hash
+                ),
+            );
         }
         let computed = entry.compute_hash();
         if computed != entry.hash {
-            report(seq, format!("hash mismatch: stored {}, computed {} (the entry was altered)", entry.hash, computed));
+            report(
+                seq,
+                format!(
+                    "hash mismatch: stored {}, computed {} (the entry was altered)",
+                    entry.hash, computed
+                ),
+            );
         }
         if entry.enrollment.key() != *key {
             report(seq, format!("entry belongs to {}", entry.enrollment.key()));
         }
         let replayed = match entry.command() {
             None => {
-                report(seq, format!("{} of {} is not a valid operation", entry.kind.as_str(), entry.amount));
+                report(
+                    seq,
+                    format!(
+                        "{} of {} is not a valid operation",
+                        entry.kind.as_str(),
+                        entry.amount
+                    ),
+                );
                 None
             }
             Some(command) => {
-                let request = Request { key: key.clone(), idempotency_key: entry.idempotency_key.clone(), command };
+                let request = Request {
+                    key: key.clone(),
+                    idempotency_key: entry.idempotency_key.clone(),
+                    command,
+                };
                 match apply(state.as_ref(), &request, entry.created_at) {
                     Ok(Applied::Entry(expected)) => Some(expected.enrollment),
                     Ok(Applied::Unchanged(_)) => {
@@ -280,39 +325,71 @@ pub fn verify_chain(
                         None
                     }
                     Err(rejection) => {
-                        report(seq, format!("replaying {} of {} is refused: {rejection}", entry.kind.as_str(), entry.amount));
+                        report(
+                            seq,
+                            format!(
+                                "replaying {} of {} is refused: {rejection}",
+                                entry.kind.as_str(),
+                                entry.amount
+                            ),
+                        );
                         None
                     }
                 }
             }
         };
-        if let Some(replayed) = replayed {
-            if replayed != entry.enrollment {
-                report(seq, describe_difference("replaying the ledger gives", &replayed, "the entry's snapshot says", &entry.enrollment));
-            }
+        if let Some(replayed) = replayed.filter(|replayed| *replayed != entry.enrollment) {
+            report(
+                seq,
+                describe_difference(
+                    "replaying the ledger gives",
+                    &replayed,
+                    "the entry's snapshot says",
+                    &entry.enrollment,
+                ),
+            );
         }
         if let Err(broken) = entry.enrollment.check() {
             report(seq, format!("snapshot breaks an invariant: {broken}"));
         }
         // Continue from the stored snapshot, so one bad entry is reported
         // once rather than poisoning every entry after it.
-        state = Some(EnrollmentState { enrollment: entry.enrollment.clone(), last_hash: entry.hash });
+        state = Some(EnrollmentState {
+            enrollment: entry.enrollment.clone(),
+            last_hash: entry.hash,
+        });
         prev_hash = entry.hash;
     }
     match (stored, entries.last()) {
         (Some(stored), Some(last)) => {
             if *stored != last.enrollment {
-                report(None, describe_difference("the stored enrollment says", stored, "its newest ledger entry says", &last.enrollment));
+                report(
+                    None,
+                    describe_difference(
+                        "the stored enrollment says",
+                        stored,
+                        "its newest ledger entry says",
+                        &last.enrollment,
+                    ),
+                );
             }
         }
         (Some(_), None) => report(None, "the enrollment has no ledger entries".to_owned()),
-        (None, Some(_)) => report(None, "ledger entries exist for an enrollment that does not".to_owned()),
+        (None, Some(_)) => report(
+            None,
+            "ledger entries exist for an enrollment that does not".to_owned(),
+        ),
         (None, None) => {}
     }
     problems
 }
 
-fn describe_difference(left_label: &str, left: &Enrollment, right_label: &str, right: &Enrollment) -> String {
+fn describe_difference(
+    left_label: &str,
+    left: &Enrollment,
+    right_label: &str,
+    right: &Enrollment,
+) -> String {
     let left_json = serde_json::to_value(left).expect("serializes");
     let right_json = serde_json::to_value(right).expect("serializes");
     let mut fields = Vec::new();

@@ -10,6 +10,8 @@ pub mod enrollment;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod operation;
 pub mod time;
 

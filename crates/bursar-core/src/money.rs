@@ -143,10 +143,28 @@ mod tests {
 
     #[test]
     fn amount_json_rejects_non_integers() {
-        for bad in ["10.5", "\"10\"", "1e3", "-5", "0", "1000000000001", "18446744073709551616", "null", "true"] {
-            assert!(serde_json::from_str::<Amount>(bad).is_err(), "{bad} must be refused");
+        for bad in [
+            "10.5",
+            "\"10\"",
+            "1e3",
+            "-5",
+            "0",
+            "1000000000001",
+            "18446744073709551616",
+            "null",
+            "true",
+        ] {
+            assert!(
+                serde_json::from_str::<Amount>(bad).is_err(),
+                "{bad} must be refused"
+            );
         }
-        assert_eq!(serde_json::from_str::<Amount>("2500").unwrap().minor_units(), 2500);
+        assert_eq!(
+            serde_json::from_str::<Amount>("2500")
+                .unwrap()
+                .minor_units(),
+            2500
+        );
     }
 
     #[test]

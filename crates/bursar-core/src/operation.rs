@@ -24,11 +24,27 @@ pub struct EnrollTerms {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Command {
     Enroll(EnrollTerms),
-    Payment { amount: Amount, currency: Option<Currency>, reference: Option<Reference> },
-    PayRemaining { reference: Option<Reference> },
-    Credit { amount: Amount, reason: Reason },
-    Refund { amount: Amount, reason: Reason, reference: Option<Reference> },
-    Charge { amount: Amount, reason: Reason },
+    Payment {
+        amount: Amount,
+        currency: Option<Currency>,
+        reference: Option<Reference>,
+    },
+    PayRemaining {
+        reference: Option<Reference>,
+    },
+    Credit {
+        amount: Amount,
+        reason: Reason,
+    },
+    Refund {
+        amount: Amount,
+        reason: Reason,
+        reference: Option<Reference>,
+    },
+    Charge {
+        amount: Amount,
+        reason: Reason,
+    },
     Complete,
     Cancel,
 }
@@ -72,8 +88,15 @@ pub struct Request {
 pub enum Rejection {
     #[error("no enrollment for {0}")]
     EnrollmentNotFound(EnrollmentKey),
-    #[error("an enrollment for {key} exists with other terms (currency {currency}, price {price}, access policy {policy})")]
-    EnrollmentExists { key: EnrollmentKey, currency: Currency, price: i64, policy: String },
+    #[error(
+        "an enrollment for {key} exists with other terms (currency {currency}, price {price}, access policy {policy})"
+    )]
+    EnrollmentExists {
+        key: EnrollmentKey,
+        currency: Currency,
+        price: i64,
+        policy: String,
+    },
     #[error("idempotency key {0:?} was already used for a different operation on this enrollment")]
     IdempotencyKeyReused(String),
     #[error("the enrollment is cancelled and takes no money operations")]
@@ -89,8 +112,14 @@ pub enum Rejection {
     #[error("refund of {amount} exceeds the amount paid of {paid}")]
     RefundExceedsPaid { amount: i64, paid: i64 },
     #[error("cannot {action} an enrollment that is {status}: {why}")]
-    InvalidTransition { action: &'static str, status: &'static str, why: &'static str },
-    #[error("a charge of {amount} would take the enrollment's total past the limit of {limit} minor units")]
+    InvalidTransition {
+        action: &'static str,
+        status: &'static str,
+        why: &'static str,
+    },
+    #[error(
+        "a charge of {amount} would take the enrollment's total past the limit of {limit} minor units"
+    )]
     TotalLimitExceeded { amount: i64, limit: i64 },
 }
 
@@ -179,7 +208,10 @@ pub fn apply(
     let (kind, amount) = match &request.command {
         Command::Enroll(_) => unreachable!("handled above"),
         Command::Complete => {
-            if current.access_status != AccessStatus::Granted || cancelled || current.status == EnrollmentStatus::Completed {
+            if current.access_status != AccessStatus::Granted
+                || cancelled
+                || current.status == EnrollmentStatus::Completed
+            {
                 return Err(Rejection::InvalidTransition {
                     action: "complete",
                     status: current.status.as_str(),
@@ -201,21 +233,31 @@ pub fn apply(
             (EntryKind::Cancel, 0)
         }
         _ if cancelled => return Err(Rejection::EnrollmentCancelled),
-        Command::Payment { amount, currency, reference: payment_reference } => {
-            if let Some(currency) = currency {
-                if *currency != current.currency {
-                    return Err(Rejection::CurrencyMismatch { expected: current.currency, got: *currency });
-                }
+        Command::Payment {
+            amount,
+            currency,
+            reference: payment_reference,
+        } => {
+            if let Some(currency) = currency.filter(|currency| *currency != current.currency) {
+                return Err(Rejection::CurrencyMismatch {
+                    expected: current.currency,
+                    got: currency,
+                });
             }
             let amount = amount.minor_units();
             if amount > amounts.due() {
-                return Err(Rejection::Overpayment { amount, due: amounts.due() });
+                return Err(Rejection::Overpayment {
+                    amount,
+                    due: amounts.due(),
+                });
             }
             amounts.paid = checked(amounts.paid.checked_add(amount));
             reference = payment_reference.clone();
             (EntryKind::Payment, amount)
         }
-        Command::PayRemaining { reference: payment_reference } => {
+        Command::PayRemaining {
+            reference: payment_reference,
+        } => {
             let due = amounts.due();
             if due == 0 {
                 return Err(Rejection::NothingDue);
@@ -224,19 +266,32 @@ pub fn apply(
             reference = payment_reference.clone();
             (EntryKind::Payment, due)
         }
-        Command::Credit { amount, reason: credit_reason } => {
+        Command::Credit {
+            amount,
+            reason: credit_reason,
+        } => {
             let amount = amount.minor_units();
             if amount > amounts.due() {
-                return Err(Rejection::CreditExceedsDue { amount, due: amounts.due() });
+                return Err(Rejection::CreditExceedsDue {
+                    amount,
+                    due: amounts.due(),
+                });
             }
             amounts.credited = checked(amounts.credited.checked_add(amount));
             reason = Some(credit_reason.clone());
             (EntryKind::Credit, amount)
         }
-        Command::Refund { amount, reason: refund_reason, reference: refund_reference } => {
+        Command::Refund {
+            amount,
+            reason: refund_reason,
+            reference: refund_reference,
+        } => {
             let amount = amount.minor_units();
             if amount > amounts.paid {
-                return Err(Rejection::RefundExceedsPaid { amount, paid: amounts.paid });
+                return Err(Rejection::RefundExceedsPaid {
+                    amount,
+                    paid: amounts.paid,
+                });
             }
             amounts.paid = checked(amounts.paid.checked_sub(amount));
             amounts.refunded = checked(amounts.refunded.checked_add(amount));
@@ -244,11 +299,19 @@ pub fn apply(
             reference = refund_reference.clone();
             (EntryKind::Refund, amount)
         }
-        Command::Charge { amount, reason: charge_reason } => {
+        Command::Charge {
+            amount,
+            reason: charge_reason,
+        } => {
             let amount = amount.minor_units();
             match amounts.total().checked_add(amount) {
                 Some(total) if total <= ENROLLMENT_TOTAL_MAX => {}
-                _ => return Err(Rejection::TotalLimitExceeded { amount, limit: ENROLLMENT_TOTAL_MAX }),
+                _ => {
+                    return Err(Rejection::TotalLimitExceeded {
+                        amount,
+                        limit: ENROLLMENT_TOTAL_MAX,
+                    });
+                }
             }
             amounts.charged = checked(amounts.charged.checked_add(amount));
             reason = Some(charge_reason.clone());
@@ -295,7 +358,10 @@ fn enroll(request: &Request, terms: &EnrollTerms, now: Timestamp) -> LedgerEntry
         created_at: now,
         updated_at: now,
     };
-    enrollment.set_amounts(Amounts { price: terms.price.minor_units(), ..Amounts::default() });
+    enrollment.set_amounts(Amounts {
+        price: terms.price.minor_units(),
+        ..Amounts::default()
+    });
     assert_invariants(&enrollment);
     LedgerEntry::seal(
         1,
@@ -318,6 +384,9 @@ fn checked(value: Option<i64>) -> i64 {
 
 fn assert_invariants(enrollment: &Enrollment) {
     if let Err(broken) = enrollment.check() {
-        panic!("enrollment invariant broken for {}: {broken}", enrollment.key());
+        panic!(
+            "enrollment invariant broken for {}: {broken}",
+            enrollment.key()
+        );
     }
 }

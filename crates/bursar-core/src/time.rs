@@ -1,7 +1,7 @@
 //! Server time as microseconds since the Unix epoch, rendered as RFC 3339 in
 //! UTC. The core never reads a clock: callers pass a `Timestamp` in.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -64,20 +64,43 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// Reads exactly the form `Display` writes: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     let bytes = text.as_bytes();
-    if bytes.len() != 27 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' || bytes[16] != b':' || bytes[19] != b'.' || bytes[26] != b'Z' {
+    if bytes.len() != 27
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b'T'
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+        || bytes[19] != b'.'
+        || bytes[26] != b'Z'
+    {
         return None;
     }
     let number = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = text.get(range)?;
-        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|b| b.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second, micros) = (number(11..13)?, number(14..16)?, number(17..19)?, number(20..26)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+    let (hour, minute, second, micros) = (
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+        number(20..26)?,
+    );
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
         return None;
     }
     let days = days_from_civil(year, month as u32, day as u32);
-    let timestamp = Timestamp(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000) + micros);
+    let timestamp =
+        Timestamp(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000) + micros);
     // Reject dates like February 30th by rendering back.
     (timestamp.to_string() == text).then_some(timestamp)
 }
@@ -85,6 +108,14 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_rfc3339(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {text:?}")))
     }
 }
 
@@ -100,8 +131,17 @@ mod tests {
             Timestamp(1_795_978_453_123_456).to_string(),
             "2026-11-29T18:54:13.123456Z"
         );
-        assert_eq!(Timestamp(951_782_400_000_000).to_string(), "2000-02-29T00:00:00.000000Z");
-        for micros in [0, 1, 951_782_400_000_000, 1_795_978_453_123_456, 4_102_444_799_999_999] {
+        assert_eq!(
+            Timestamp(951_782_400_000_000).to_string(),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        for micros in [
+            0,
+            1,
+            951_782_400_000_000,
+            1_795_978_453_123_456,
+            4_102_444_799_999_999,
+        ] {
             let stamp = Timestamp(micros);
             assert_eq!(parse_rfc3339(&stamp.to_string()), Some(stamp));
         }

@@ -1,1 +1,187 @@
-//! placeholder
+//! The bursar HTTP service: the group-commit writer, the axum router, auth,
+//! metrics and the OpenAPI document.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod writer;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::extract::REQUEST_BODY_BYTES_MAX;
+use crate::metrics::Metrics;
+use crate::writer::Writer;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bursar_store::{Store, StoreError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub writer: Writer,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A bursar service, opened and ready to serve.
+pub struct App {
+    pub state: AppState,
+    writer_task: tokio::task::JoinHandle<()>,
+    /// The admin token created on this start, if there was none: print once.
+    pub created_admin_token: Option<String>,
+}
+
+impl App {
+    /// Opens and migrates the database, loads the tokens and starts the writer.
+    pub async fn open(database_url: &str, admin_token: Option<&str>) -> Result<App, StoreError> {
+        let store = Store::open(database_url).await?;
+        let metrics = Arc::new(Metrics::default());
+        let (auth, created_admin_token) = Auth::load(store.clone(), admin_token).await?;
+        let (writer, writer_task) = Writer::start(store.clone(), metrics.clone());
+        Ok(App {
+            state: AppState {
+                store,
+                writer,
+                auth: Arc::new(auth),
+                metrics,
+            },
+            writer_task,
+            created_admin_token,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking connections,
+    /// finishes the requests in flight, and drains the write queue.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        // The last handles go with the router and the state; the writer then
+        // finishes its queue and stops.
+        drop(self.state);
+        if let Err(error) = self.writer_task.await {
+            tracing::error!(%error, "the writer task failed");
+        }
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}",
+            put(api::enroll).get(api::get_enrollment),
+        )
+        .route("/v1/users/{user_id}/courses", get(api::list_enrollments))
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/payments",
+            post(api::payment),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/pay-remaining",
+            post(api::pay_remaining),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/credits",
+            post(api::credit),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/refunds",
+            post(api::refund),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/charges",
+            post(api::charge),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/complete",
+            post(api::complete),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/cancel",
+            post(api::cancel),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/ledger",
+            get(api::ledger),
+        )
+        .route("/v1/audit", get(api::audit))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(api::openapi_json))
+        .route_layer(from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(authenticated)
+        .route("/healthz", get(api::healthz))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed on this route",
+            )
+        })
+        .layer(from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let needed = api::role_needed(request.method(), request.uri().path());
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match state.auth.check(header, needed).await {
+        Ok(_) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Counts and times every request by route and status.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .observe_request(&route, method, status, started.elapsed());
+    if status >= 500 {
+        tracing::warn!(route, method, status, "request failed");
+    } else {
+        tracing::debug!(route, method, status, "request");
+    }
+    response
+}

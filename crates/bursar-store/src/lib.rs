@@ -20,7 +20,7 @@ pub const LEDGER_PAGE_ENTRIES_MAX: u32 = 1000;
 
 /// A storage failure. None of these is the caller's fault: the server answers
 /// `Unavailable` with 503 and `Retry-After`, and `Internal` with a logged 500.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is busy; retrying later may work.
     #[error("database unavailable: {0}")]
@@ -90,7 +90,11 @@ impl Store {
 
     /// Decides and durably commits a batch in one transaction: the outcomes
     /// are answered only after the commit.
-    pub async fn execute(&self, requests: Vec<Request>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn execute(
+        &self,
+        requests: Vec<Request>,
+        now: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
         match self {
             Store::Sqlite(store) => store.execute(requests, now).await,
         }
@@ -110,7 +114,12 @@ impl Store {
     }
 
     /// At most `limit` entries with `seq > after`, oldest first.
-    pub async fn ledger(&self, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+    pub async fn ledger(
+        &self,
+        key: &EnrollmentKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         match self {
             Store::Sqlite(store) => store.ledger(key, after, limit).await,
         }
@@ -159,6 +168,8 @@ pub(crate) fn audit_one(
 ) {
     report.enrollments += u64::from(stored.is_some());
     report.entries += entries.len() as u64;
-    report.disagreements.extend(bursar_core::verify_chain(key, entries, stored));
+    report
+        .disagreements
+        .extend(bursar_core::verify_chain(key, entries, stored));
     report.ok = report.disagreements.is_empty();
 }

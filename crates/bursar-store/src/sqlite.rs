@@ -2,7 +2,9 @@
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
-use crate::{AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one};
+use crate::{
+    AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
+};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
@@ -44,7 +46,9 @@ impl SqliteOptions {
     pub fn parse(rest: &str) -> Result<SqliteOptions, StoreError> {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if path.is_empty() {
-            return Err(StoreError::Config("sqlite:// needs a file path, e.g. sqlite://bursar.db".into()));
+            return Err(StoreError::Config(
+                "sqlite:// needs a file path, e.g. sqlite://bursar.db".into(),
+            ));
         }
         let mut synchronous = Synchronous::Full;
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -54,13 +58,24 @@ impl SqliteOptions {
                         "FULL" => Synchronous::Full,
                         "NORMAL" => Synchronous::Normal,
                         "OFF" => Synchronous::Off,
-                        _ => return Err(StoreError::Config(format!("synchronous must be FULL, NORMAL or OFF, not {value:?}"))),
+                        _ => {
+                            return Err(StoreError::Config(format!(
+                                "synchronous must be FULL, NORMAL or OFF, not {value:?}"
+                            )));
+                        }
                     }
                 }
-                _ => return Err(StoreError::Config(format!("unknown SQLite option {pair:?}; the one option is synchronous"))),
+                _ => {
+                    return Err(StoreError::Config(format!(
+                        "unknown SQLite option {pair:?}; the one option is synchronous"
+                    )));
+                }
             }
         }
-        Ok(SqliteOptions { path: PathBuf::from(path), synchronous })
+        Ok(SqliteOptions {
+            path: PathBuf::from(path),
+            synchronous,
+        })
     }
 }
 
@@ -133,7 +148,10 @@ fn map_error(error: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     match &error {
         rusqlite::Error::SqliteFailure(failure, _)
-            if matches!(failure.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen) =>
+            if matches!(
+                failure.code,
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen
+            ) =>
         {
             StoreError::Unavailable(error.to_string())
         }
@@ -142,7 +160,9 @@ fn map_error(error: rusqlite::Error) -> StoreError {
 }
 
 fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, StoreError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
@@ -164,11 +184,14 @@ fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, 
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_error)?;
     let applied: i64 = transaction
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(map_error)?;
-    let applied = usize::try_from(applied).map_err(|_| StoreError::Config("negative schema version".into()))?;
+    let applied = usize::try_from(applied)
+        .map_err(|_| StoreError::Config("negative schema version".into()))?;
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Config(format!(
             "the database has schema version {applied}, newer than this bursar knows ({}); upgrade bursar",
@@ -199,7 +222,11 @@ impl SqliteStore {
             let mut writer = open_connection(&options, true)?;
             migrate(&mut writer)?;
             Ok(SqliteStore {
-                inner: Arc::new(Inner { options, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+                inner: Arc::new(Inner {
+                    options,
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
+                }),
             })
         })
         .await
@@ -231,7 +258,11 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn execute(&self, requests: Vec<Request>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn execute(
+        &self,
+        requests: Vec<Request>,
+        now: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
             let mut writer = inner.writer.lock().expect("writer lock");
@@ -242,7 +273,8 @@ impl SqliteStore {
 
     pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
         let key = key.clone();
-        self.read(move |connection| Ok(load_state(connection, &key)?.map(|state| state.enrollment))).await
+        self.read(move |connection| Ok(load_state(connection, &key)?.map(|state| state.enrollment)))
+            .await
     }
 
     pub async fn enrollments_of(&self, user_id: &UserId) -> Result<Vec<Enrollment>, StoreError> {
@@ -265,7 +297,12 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn ledger(&self, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<LedgerEntry>, StoreError> {
+    pub async fn ledger(
+        &self,
+        key: &EnrollmentKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         let key = key.clone();
         let limit = limit.min(LEDGER_PAGE_ENTRIES_MAX);
         self.read(move |connection| {
@@ -283,16 +320,20 @@ impl SqliteStore {
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.read(|connection| {
-            let mut statement = connection.prepare_cached("SELECT token_hash, role FROM api_tokens").map_err(map_error)?;
+            let mut statement = connection
+                .prepare_cached("SELECT token_hash, role FROM api_tokens")
+                .map_err(map_error)?;
             let rows = statement
-                .query_map([], |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?)))
+                .query_map([], |row| {
+                    Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+                })
                 .map_err(map_error)?;
             let mut tokens = Vec::new();
             for row in rows {
                 let (hash, role) = row.map_err(map_error)?;
-                let token_hash: [u8; 32] = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Internal("a stored token hash is not 32 bytes".into()))?;
+                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
+                    StoreError::Internal("a stored token hash is not 32 bytes".into())
+                })?;
                 tokens.push(TokenRecord { token_hash, role });
             }
             Ok(tokens)
@@ -316,19 +357,29 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|connection| connection.query_row("SELECT 1", [], |_| Ok(())).map_err(map_error)).await
+        self.read(|connection| {
+            connection
+                .query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(map_error)
+        })
+        .await
     }
 
     pub async fn backup(&self, destination: &Path) -> Result<(), StoreError> {
         let destination = destination.to_path_buf();
         if destination.exists() {
-            return Err(StoreError::Config(format!("{} exists already; backup never overwrites", destination.display())));
+            return Err(StoreError::Config(format!(
+                "{} exists already; backup never overwrites",
+                destination.display()
+            )));
         }
         self.read(move |connection| {
             let target = destination
                 .to_str()
                 .ok_or_else(|| StoreError::Config("the backup path must be UTF-8".into()))?;
-            connection.execute("VACUUM INTO ?1", params![target]).map_err(map_error)?;
+            connection
+                .execute("VACUUM INTO ?1", params![target])
+                .map_err(map_error)?;
             Ok(())
         })
         .await
@@ -336,8 +387,14 @@ impl SqliteStore {
 }
 
 /// One batch, one `BEGIN IMMEDIATE … COMMIT`, one fsync of the WAL.
-fn execute_batch(connection: &mut Connection, requests: &[Request], now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_error)?;
+fn execute_batch(
+    connection: &mut Connection,
+    requests: &[Request],
+    now: Timestamp,
+) -> Result<Vec<Outcome>, StoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_error)?;
     let mut input = BatchInput::default();
     for key in enrollment_keys(requests) {
         if let Some(state) = load_state(&transaction, &key)? {
@@ -345,10 +402,10 @@ fn execute_batch(connection: &mut Connection, requests: &[Request], now: Timesta
         }
     }
     for (key, idempotency_key) in idempotency_keys(requests) {
-        if input.states.contains_key(&key) {
-            if let Some(stored) = load_stored(&transaction, &key, &idempotency_key)? {
-                input.stored.insert((key, idempotency_key), stored);
-            }
+        if input.states.contains_key(&key)
+            && let Some(stored) = load_stored(&transaction, &key, &idempotency_key)?
+        {
+            input.stored.insert((key, idempotency_key), stored);
         }
     }
     let versions_before: HashMap<EnrollmentKey, u64> = input
@@ -365,9 +422,12 @@ fn execute_batch(connection: &mut Connection, requests: &[Request], now: Timesta
         }
     }
     {
-        let mut insert = transaction.prepare_cached(INSERT_ENTRY).map_err(map_error)?;
+        let mut insert = transaction
+            .prepare_cached(INSERT_ENTRY)
+            .map_err(map_error)?;
         for (entry, fingerprint) in &plan.new_entries {
-            let snapshot = serde_json::to_string(&entry.enrollment).expect("an enrollment serializes");
+            let snapshot =
+                serde_json::to_string(&entry.enrollment).expect("an enrollment serializes");
             insert
                 .execute(params![
                     entry.enrollment.user_id.as_str(),
@@ -425,7 +485,14 @@ fn read_enrollment_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
         user_id: row.get(0)?,
         course_id: row.get(1)?,
         currency: row.get(2)?,
-        amounts: [row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?],
+        amounts: [
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+        ],
         payment_status: row.get(9)?,
         policy_kind: row.get(10)?,
         policy_amount: row.get(11)?,
@@ -439,13 +506,22 @@ fn read_enrollment_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
 }
 
 fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
-    let [price, amount_charged, amount_paid, amount_credited, amount_refunded, amount_due] = row.amounts;
+    let [
+        price,
+        amount_charged,
+        amount_paid,
+        amount_credited,
+        amount_refunded,
+        amount_due,
+    ] = row.amounts;
     let bad = |what: &str| format!("enrollment {}/{}: bad {what}", row.user_id, row.course_id);
     let access_policy = match row.policy_kind.as_str() {
         "FULL_PAYMENT" => AccessPolicy::FullPayment,
         "MIN_SETTLED" => AccessPolicy::MinSettled {
-            amount: Price::new(i128::from(row.policy_amount.ok_or_else(|| bad("policy amount"))?))
-                .map_err(|_| bad("policy amount"))?,
+            amount: Price::new(i128::from(
+                row.policy_amount.ok_or_else(|| bad("policy amount"))?,
+            ))
+            .map_err(|_| bad("policy amount"))?,
         },
         _ => return Err(bad("access policy")),
     };
@@ -459,16 +535,21 @@ fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
         amount_credited,
         amount_refunded,
         amount_due,
-        payment_status: PaymentStatus::parse(&row.payment_status).ok_or_else(|| bad("payment_status"))?,
+        payment_status: PaymentStatus::parse(&row.payment_status)
+            .ok_or_else(|| bad("payment_status"))?,
         access_policy,
-        access_status: AccessStatus::parse(&row.access_status).ok_or_else(|| bad("access_status"))?,
+        access_status: AccessStatus::parse(&row.access_status)
+            .ok_or_else(|| bad("access_status"))?,
         status: EnrollmentStatus::parse(&row.status).ok_or_else(|| bad("status"))?,
         version: u64::try_from(row.version).map_err(|_| bad("version"))?,
         created_at: Timestamp::from_unix_micros(row.created_at),
         updated_at: Timestamp::from_unix_micros(row.updated_at),
     };
     let last_hash = Hash::from_hex(&row.last_hash).ok_or_else(|| bad("last_hash"))?;
-    Ok(EnrollmentState { enrollment, last_hash })
+    Ok(EnrollmentState {
+        enrollment,
+        last_hash,
+    })
 }
 
 /// Parses a row and asserts the money invariants on what was read back: a
@@ -476,17 +557,28 @@ fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
 fn checked_state(row: EnrollmentRow) -> Result<EnrollmentState, StoreError> {
     let state = parse_state(row).map_err(StoreError::Internal)?;
     state.enrollment.check().map_err(|broken| {
-        StoreError::Internal(format!("enrollment {} breaks an invariant: {broken}", state.enrollment.key()))
+        StoreError::Internal(format!(
+            "enrollment {} breaks an invariant: {broken}",
+            state.enrollment.key()
+        ))
     })?;
     Ok(state)
 }
 
-fn load_state(connection: &Connection, key: &EnrollmentKey) -> Result<Option<EnrollmentState>, StoreError> {
+fn load_state(
+    connection: &Connection,
+    key: &EnrollmentKey,
+) -> Result<Option<EnrollmentState>, StoreError> {
     let mut statement = connection
-        .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
+        .prepare_cached(&format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"
+        ))
         .map_err(map_error)?;
     let row = statement
-        .query_row(params![key.user_id.as_str(), key.course_id.as_str()], read_enrollment_row)
+        .query_row(
+            params![key.user_id.as_str(), key.course_id.as_str()],
+            read_enrollment_row,
+        )
         .optional()
         .map_err(map_error)?;
     row.map(checked_state).transpose()
@@ -532,7 +624,11 @@ fn insert_enrollment(connection: &Connection, state: &EnrollmentState) -> Result
     Ok(())
 }
 
-fn update_enrollment(connection: &Connection, state: &EnrollmentState, version_before: u64) -> Result<(), StoreError> {
+fn update_enrollment(
+    connection: &Connection,
+    state: &EnrollmentState,
+    version_before: u64,
+) -> Result<(), StoreError> {
     let enrollment = &state.enrollment;
     let mut statement = connection
         .prepare_cached(
@@ -597,19 +693,34 @@ fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryR
                 .map(|text| IdempotencyKey::parse(&text))
                 .transpose()
                 .map_err(|_| bad("idempotency_key"))?,
-            reference: reference.map(|text| Reference::parse(&text)).transpose().map_err(|_| bad("reference"))?,
-            reason: reason.map(|text| Reason::parse(&text)).transpose().map_err(|_| bad("reason"))?,
+            reference: reference
+                .map(|text| Reference::parse(&text))
+                .transpose()
+                .map_err(|_| bad("reference"))?,
+            reason: reason
+                .map(|text| Reason::parse(&text))
+                .transpose()
+                .map_err(|_| bad("reason"))?,
             created_at: Timestamp::from_unix_micros(created_at),
-            enrollment: serde_json::from_str(&snapshot).map_err(|error| bad(&format!("snapshot ({error})")))?,
+            enrollment: serde_json::from_str(&snapshot)
+                .map_err(|error| bad(&format!("snapshot ({error})")))?,
             prev_hash: Hash::from_hex(&prev_hash).ok_or_else(|| bad("prev_hash"))?,
             hash: Hash::from_hex(&hash).ok_or_else(|| bad("hash"))?,
         };
-        Ok((entry, Hash::from_hex(&fingerprint).ok_or_else(|| bad("fingerprint"))?))
+        Ok((
+            entry,
+            Hash::from_hex(&fingerprint).ok_or_else(|| bad("fingerprint"))?,
+        ))
     };
     Ok(parse())
 }
 
-fn load_entries(connection: &Connection, key: &EnrollmentKey, after: u64, limit: u32) -> Result<Vec<EntryRow>, StoreError> {
+fn load_entries(
+    connection: &Connection,
+    key: &EnrollmentKey,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<EntryRow>, StoreError> {
     let mut statement = connection
         .prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
@@ -617,9 +728,15 @@ fn load_entries(connection: &Connection, key: &EnrollmentKey, after: u64, limit:
         .map_err(map_error)?;
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let rows = statement
-        .query_map(params![key.user_id.as_str(), key.course_id.as_str(), after, i64::from(limit)], |row| {
-            read_entry_row(key, row)
-        })
+        .query_map(
+            params![
+                key.user_id.as_str(),
+                key.course_id.as_str(),
+                after,
+                i64::from(limit)
+            ],
+            |row| read_entry_row(key, row),
+        )
         .map_err(map_error)?;
     rows.map(|row| row.map_err(map_error)).collect()
 }
@@ -636,7 +753,11 @@ fn load_stored(
         .map_err(map_error)?;
     let row = statement
         .query_row(
-            params![key.user_id.as_str(), key.course_id.as_str(), idempotency_key.as_str()],
+            params![
+                key.user_id.as_str(),
+                key.course_id.as_str(),
+                idempotency_key.as_str()
+            ],
             |row| read_entry_row(key, row),
         )
         .optional()
@@ -649,7 +770,12 @@ fn load_stored(
 }
 
 fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport { ok: true, enrollments: 0, entries: 0, disagreements: Vec::new() };
+    let mut report = AuditReport {
+        ok: true,
+        enrollments: 0,
+        entries: 0,
+        disagreements: Vec::new(),
+    };
     let mut statement = connection
         .prepare("SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2")
         .map_err(map_error)?;
@@ -659,7 +785,8 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         .collect::<Result<_, _>>()
         .map_err(map_error)?;
     for (user_id, course_id) in keys {
-        let (Ok(user_id), Ok(course_id)) = (UserId::parse(&user_id), CourseId::parse(&course_id)) else {
+        let (Ok(user_id), Ok(course_id)) = (UserId::parse(&user_id), CourseId::parse(&course_id))
+        else {
             report.disagreements.push(bursar_core::Disagreement {
                 user_id,
                 course_id,
@@ -676,7 +803,10 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
                 .map_err(map_error)?;
             let row = statement
-                .query_row(params![key.user_id.as_str(), key.course_id.as_str()], read_enrollment_row)
+                .query_row(
+                    params![key.user_id.as_str(), key.course_id.as_str()],
+                    read_enrollment_row,
+                )
                 .optional()
                 .map_err(map_error)?;
             match row.map(parse_state) {
@@ -695,12 +825,25 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 Err(problem) => problems.push((None, problem)),
             }
         }
-        if let Some(state) = &stored {
-            if entries.last().is_some_and(|last| last.hash != state.last_hash) {
-                problems.push((None, format!("the enrollment's last_hash {} is not its newest entry's hash", state.last_hash)));
-            }
+        if let Some(state) = &stored
+            && entries
+                .last()
+                .is_some_and(|last| last.hash != state.last_hash)
+        {
+            problems.push((
+                None,
+                format!(
+                    "the enrollment's last_hash {} is not its newest entry's hash",
+                    state.last_hash
+                ),
+            ));
         }
-        audit_one(&key, &entries, stored.as_ref().map(|state| &state.enrollment), &mut report);
+        audit_one(
+            &key,
+            &entries,
+            stored.as_ref().map(|state| &state.enrollment),
+            &mut report,
+        );
         for (seq, problem) in problems {
             report.disagreements.push(bursar_core::Disagreement {
                 user_id: key.user_id.to_string(),

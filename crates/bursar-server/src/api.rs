@@ -1,0 +1,481 @@
+//! The HTTP API of the contract: request bodies, handlers, and the OpenAPI
+//! document generated from them.
+
+use crate::AppState;
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::extract::{EnrollmentPath, IdempotencyKeyHeader, JsonBody, LedgerPage, UserPath};
+use crate::writer::WriteError;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bursar_core::{
+    AccessPolicy, Amount, Command, Currency, EnrollTerms, Enrollment, LedgerEntry, Outcome, Price,
+    Reason, Reference, Request,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollBody {
+    pub currency: Currency,
+    pub price: Price,
+    /// Defaults to `{"kind":"FULL_PAYMENT"}`.
+    #[serde(default)]
+    pub access_policy: AccessPolicy,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    pub amount: Amount,
+    /// If given, must be the enrollment's currency.
+    pub currency: Option<Currency>,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayRemainingBody {
+    pub reference: Option<Reference>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditBody {
+    pub amount: Amount,
+    pub reason: Reason,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount: Amount,
+    pub reason: Reason,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeBody {
+    pub amount: Amount,
+    pub reason: Reason,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
+/// The answer to an accepted operation (and to its replays).
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedBody<'a> {
+    pub entry: &'a LedgerEntry,
+    pub enrollment: &'a Enrollment,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnrollmentBody<'a> {
+    pub enrollment: &'a Enrollment,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnrollmentsBody {
+    pub enrollments: Vec<Enrollment>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerBody {
+    pub entries: Vec<LedgerEntry>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code such as `OVERPAYMENT`.
+    pub code: String,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("a response body serializes");
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The response for one outcome. A replay renders the stored entry exactly
+/// as the original answer did, so the bodies are byte for byte the same.
+pub fn outcome_response(outcome: &Outcome) -> Response {
+    match outcome {
+        Outcome::Accepted(entry) => json_response(
+            StatusCode::CREATED,
+            &AcceptedBody {
+                entry,
+                enrollment: &entry.enrollment,
+            },
+        ),
+        Outcome::Replayed(entry) => {
+            let mut response = json_response(
+                StatusCode::CREATED,
+                &AcceptedBody {
+                    entry,
+                    enrollment: &entry.enrollment,
+                },
+            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+        Outcome::Unchanged(enrollment) => {
+            json_response(StatusCode::OK, &EnrollmentBody { enrollment })
+        }
+        Outcome::Rejected(rejection) => ApiError::from_rejection(rejection).into_response(),
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> ApiError {
+        match error {
+            WriteError::Overloaded => ApiError::overloaded(),
+            WriteError::Stopped => ApiError::shutting_down(),
+            WriteError::Store(error) => ApiError::from_store(&error),
+        }
+    }
+}
+
+async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let user_id = request.key.user_id.clone();
+    let course_id = request.key.course_id.clone();
+    let command = request.command.name();
+    let outcomes = state.writer.submit(vec![request]).await?;
+    let outcome = outcomes.first().ok_or_else(|| {
+        tracing::error!("the writer answered no outcome");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; it has been logged",
+        )
+    })?;
+    if let Outcome::Rejected(rejection) = outcome {
+        tracing::debug!(%user_id, %course_id, command, code = rejection.code(), "refused");
+    }
+    Ok(outcome_response(outcome))
+}
+
+fn operation(
+    EnrollmentPath(key): EnrollmentPath,
+    IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
+    command: Command,
+) -> Request {
+    Request {
+        key,
+        idempotency_key: Some(idempotency_key),
+        command,
+    }
+}
+
+/// Enroll a student in a course (idempotent by its terms).
+#[utoipa::path(put, path = "/v1/users/{user_id}/courses/{course_id}", request_body = EnrollBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path)),
+    responses((status = 201, body = AcceptedBody), (status = 200, body = EnrollmentBody), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    EnrollmentPath(key): EnrollmentPath,
+    JsonBody(body): JsonBody<EnrollBody>,
+) -> Result<Response, ApiError> {
+    let terms = EnrollTerms {
+        currency: body.currency,
+        price: body.price,
+        access_policy: body.access_policy,
+    };
+    apply_one(
+        &state,
+        Request {
+            key,
+            idempotency_key: None,
+            command: Command::Enroll(terms),
+        },
+    )
+    .await
+}
+
+/// The enrollment.
+#[utoipa::path(get, path = "/v1/users/{user_id}/courses/{course_id}",
+    params(("user_id" = String, Path), ("course_id" = String, Path)),
+    responses((status = 200, body = Enrollment), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_enrollment(
+    State(state): State<AppState>,
+    EnrollmentPath(key): EnrollmentPath,
+) -> Result<Response, ApiError> {
+    match state.store.enrollment(&key).await? {
+        Some(enrollment) => Ok(json_response(StatusCode::OK, &enrollment)),
+        None => Err(ApiError::from_rejection(
+            &bursar_core::Rejection::EnrollmentNotFound(key),
+        )),
+    }
+}
+
+/// A user's enrollments, by course id.
+#[utoipa::path(get, path = "/v1/users/{user_id}/courses", params(("user_id" = String, Path)),
+    responses((status = 200, body = EnrollmentsBody), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list_enrollments(
+    State(state): State<AppState>,
+    UserPath(user_id): UserPath,
+) -> Result<Response, ApiError> {
+    let enrollments = state.store.enrollments_of(&user_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &EnrollmentsBody { enrollments },
+    ))
+}
+
+/// Record a payment.
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/payments", request_body = PaymentBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn payment(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(body): JsonBody<PaymentBody>,
+) -> Result<Response, ApiError> {
+    let command = Command::Payment {
+        amount: body.amount,
+        currency: body.currency,
+        reference: body.reference,
+    };
+    apply_one(&state, operation(path, key, command)).await
+}
+
+/// Pay exactly what is due at commit time.
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/pay-remaining", request_body = PayRemainingBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn pay_remaining(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(body): JsonBody<PayRemainingBody>,
+) -> Result<Response, ApiError> {
+    apply_one(
+        &state,
+        operation(
+            path,
+            key,
+            Command::PayRemaining {
+                reference: body.reference,
+            },
+        ),
+    )
+    .await
+}
+
+/// Record a credit adjustment (discount, scholarship).
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/credits", request_body = CreditBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn credit(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(body): JsonBody<CreditBody>,
+) -> Result<Response, ApiError> {
+    apply_one(
+        &state,
+        operation(
+            path,
+            key,
+            Command::Credit {
+                amount: body.amount,
+                reason: body.reason,
+            },
+        ),
+    )
+    .await
+}
+
+/// Record a refund.
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/refunds", request_body = RefundBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn refund(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(body): JsonBody<RefundBody>,
+) -> Result<Response, ApiError> {
+    let command = Command::Refund {
+        amount: body.amount,
+        reason: body.reason,
+        reference: body.reference,
+    };
+    apply_one(&state, operation(path, key, command)).await
+}
+
+/// Record an extra charge (a fee).
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/charges", request_body = ChargeBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn charge(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(body): JsonBody<ChargeBody>,
+) -> Result<Response, ApiError> {
+    apply_one(
+        &state,
+        operation(
+            path,
+            key,
+            Command::Charge {
+                amount: body.amount,
+                reason: body.reason,
+            },
+        ),
+    )
+    .await
+}
+
+/// Mark the course finished (needs access GRANTED).
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/complete", request_body = EmptyBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn complete(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    apply_one(&state, operation(path, key, Command::Complete)).await
+}
+
+/// Cancel the enrollment (needs amount_paid = 0).
+#[utoipa::path(post, path = "/v1/users/{user_id}/courses/{course_id}/cancel", request_body = EmptyBody,
+    params(("user_id" = String, Path), ("course_id" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = AcceptedBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    path: EnrollmentPath,
+    key: IdempotencyKeyHeader,
+    JsonBody(EmptyBody {}): JsonBody<EmptyBody>,
+) -> Result<Response, ApiError> {
+    apply_one(&state, operation(path, key, Command::Cancel)).await
+}
+
+/// The enrollment's ledger, oldest first: at most `limit` entries with `seq > after`.
+#[utoipa::path(get, path = "/v1/users/{user_id}/courses/{course_id}/ledger",
+    params(("user_id" = String, Path), ("course_id" = String, Path),
+        ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query, description = "1..=1000, default 100")),
+    responses((status = 200, body = LedgerBody), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn ledger(
+    State(state): State<AppState>,
+    EnrollmentPath(key): EnrollmentPath,
+    page: LedgerPage,
+) -> Result<Response, ApiError> {
+    let entries = state.store.ledger(&key, page.after, page.limit).await?;
+    if entries.is_empty() && state.store.enrollment(&key).await?.is_none() {
+        return Err(ApiError::from_rejection(
+            &bursar_core::Rejection::EnrollmentNotFound(key),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &LedgerBody { entries }))
+}
+
+/// Replay every ledger and report every disagreement (admin).
+#[utoipa::path(get, path = "/v1/audit", responses((status = 200, description = "the audit report"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let report = state.store.audit().await?;
+    Ok(json_response(StatusCode::OK, &report))
+}
+
+/// Liveness: the process answers. Needs no token.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.store.ping().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ready", "backend": state.store.backend()}),
+    ))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")),
+    security(("bearer" = [])))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state
+        .metrics
+        .render(state.writer.queue_depth())
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "bursar", description = "Records what students owe and pay for course enrollments."),
+    paths(enroll, get_enrollment, list_enrollments, payment, pay_remaining, credit, refund, charge,
+        complete, cancel, ledger, audit, healthz, readyz, metrics, openapi_json),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1")),
+    security(("bearer" = [])))]
+pub async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &ApiDoc::openapi())
+}
+
+/// The role a route needs: reads need `reader`, writes `writer`, the audit
+/// `admin`.
+pub fn role_needed(method: &axum::http::Method, path: &str) -> Role {
+    if path.starts_with("/v1/audit") {
+        Role::Admin
+    } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        Role::Reader
+    } else {
+        Role::Writer
+    }
+}

@@ -1,0 +1,160 @@
+//! Request extractors that turn every malformed input into an `ApiError`
+//! with a code (never axum's plain-text rejections): enrollment paths,
+//! idempotency keys, JSON bodies, ledger paging.
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
+use axum::http::request::Parts;
+use bursar_core::{CourseId, EnrollmentKey, IdempotencyKey, UserId};
+use serde::de::DeserializeOwned;
+
+/// Bodies of single operations are tiny; 64 KiB leaves room for long reasons
+/// and references while keeping a flood of big bodies cheap to refuse.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// `/v1/users/{user_id}/courses/{course_id}`, validated.
+pub struct EnrollmentPath(pub EnrollmentKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for EnrollmentPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((user_id, course_id)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::invalid(format!("bad path: {}", rejection.body_text()))
+            })?;
+        Ok(EnrollmentPath(EnrollmentKey {
+            user_id: UserId::parse(&user_id)
+                .map_err(|error| ApiError::invalid(error.to_string()))?,
+            course_id: CourseId::parse(&course_id)
+                .map_err(|error| ApiError::invalid(error.to_string()))?,
+        }))
+    }
+}
+
+/// `/v1/users/{user_id}/courses`, validated.
+pub struct UserPath(pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(user_id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::invalid(format!("bad path: {}", rejection.body_text()))
+            })?;
+        Ok(UserPath(
+            UserId::parse(&user_id).map_err(|error| ApiError::invalid(error.to_string()))?,
+        ))
+    }
+}
+
+/// The required `Idempotency-Key` header of every state-changing POST.
+pub struct IdempotencyKeyHeader(pub IdempotencyKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all("idempotency-key").iter();
+        let value = values.next().ok_or_else(|| {
+            ApiError::invalid(
+                "the Idempotency-Key header is required on every POST that changes state",
+            )
+        })?;
+        if values.next().is_some() {
+            return Err(ApiError::invalid("send exactly one Idempotency-Key header"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::invalid("the Idempotency-Key must be printable ASCII"))?;
+        Ok(IdempotencyKeyHeader(
+            IdempotencyKey::parse(text).map_err(|error| ApiError::invalid(error.to_string()))?,
+        ))
+    }
+}
+
+/// A JSON body parsed into `T` (which denies unknown fields). An empty body
+/// reads as `{}`, so `complete` and `pay-remaining` need none.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX)
+                } else {
+                    ApiError::invalid(format!("cannot read the body: {}", rejection.body_text()))
+                }
+            })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(JsonBody)
+            .map_err(|error| ApiError::invalid(format!("bad JSON body: {error}")))
+    }
+}
+
+/// Default and largest page of `GET …/ledger`.
+pub const LEDGER_PAGE_ENTRIES_DEFAULT: u32 = 100;
+
+/// `?after=SEQ&limit=N` of `GET …/ledger`.
+pub struct LedgerPage {
+    pub after: u64,
+    pub limit: u32,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let RawQuery(query) = RawQuery::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid("bad query string"))?;
+        let mut page = LedgerPage {
+            after: 0,
+            limit: LEDGER_PAGE_ENTRIES_DEFAULT,
+        };
+        let max = bursar_store::LEDGER_PAGE_ENTRIES_MAX;
+        for pair in query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "after" => {
+                    page.after = value.parse().map_err(|_| {
+                        ApiError::invalid("after must be a non-negative integer sequence number")
+                    })?
+                }
+                "limit" => {
+                    page.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|limit| (1..=max).contains(limit))
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!("limit must be an integer from 1 to {max}"))
+                        })?
+                }
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter {name:?}; expected after and limit"
+                    )));
+                }
+            }
+        }
+        Ok(page)
+    }
+}

@@ -1,0 +1,154 @@
+//! The group-commit writer: a cloneable handle over one bounded queue and one
+//! background task that gathers whatever is queued into one batch, commits it
+//! in one transaction (one fsync), and only then answers every waiter.
+
+use crate::metrics::Metrics;
+use bursar_core::{Outcome, Request, Timestamp};
+use bursar_store::{Store, StoreError};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// Operations that may wait in the queue at once. Beyond it a write is
+/// answered 503 `OVERLOADED` at once instead of queueing without bound: at
+/// the tens of thousands of operations per second one writer commits, this
+/// is a few seconds of work, and a few megabytes of memory.
+pub const QUEUE_OPERATIONS_MAX: usize = 65_536;
+
+/// Operations gathered into one transaction at most. Big enough that one
+/// fsync is shared by thousands of payments, small enough that one commit
+/// stays in the low milliseconds.
+pub const COMMIT_OPERATIONS_MAX: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the write queue is full")]
+    Overloaded,
+    #[error("the writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Job {
+    requests: Vec<Request>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The handle: cheap to clone, one per request handler.
+#[derive(Clone)]
+pub struct Writer {
+    sender: mpsc::UnboundedSender<Job>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// The server clock: the one place bursar reads the time for the ledger.
+pub fn now() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0);
+    Timestamp::from_unix_micros(micros)
+}
+
+impl Writer {
+    /// Starts the background task. It runs until every handle is dropped and
+    /// the queue is empty, so a shutdown that drops the handles drains what
+    /// was accepted before the task ends.
+    pub fn start(store: Store, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(QUEUE_OPERATIONS_MAX));
+        let task = tokio::spawn(run(store, receiver, metrics.clone(), permits.clone()));
+        (
+            Writer {
+                sender,
+                permits,
+                metrics,
+            },
+            task,
+        )
+    }
+
+    /// Queues the requests as one job (they commit in the same transaction)
+    /// and waits for the commit.
+    pub async fn submit(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, WriteError> {
+        let count = u32::try_from(requests.len()).map_err(|_| WriteError::Overloaded)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(count)
+            .map_err(|_| {
+                self.metrics.overloaded();
+                WriteError::Overloaded
+            })?;
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Job {
+                requests,
+                reply,
+                _permit: permit,
+            })
+            .map_err(|_| WriteError::Stopped)?;
+        match answer.await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(error)) => Err(WriteError::Store(error)),
+            Err(_) => Err(WriteError::Stopped),
+        }
+    }
+
+    /// Operations waiting now.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_OPERATIONS_MAX - self.permits.available_permits()
+    }
+}
+
+async fn run(
+    store: Store,
+    mut receiver: mpsc::UnboundedReceiver<Job>,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+) {
+    while let Some(first) = receiver.recv().await {
+        let mut operations = first.requests.len();
+        let mut jobs = vec![first];
+        while operations < COMMIT_OPERATIONS_MAX {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    operations += job.requests.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics.set_queue_depth(QUEUE_OPERATIONS_MAX - permits.available_permits());
+        let mut requests = Vec::with_capacity(operations);
+        let mut sizes = Vec::with_capacity(jobs.len());
+        for job in &mut jobs {
+            sizes.push(job.requests.len());
+            requests.append(&mut job.requests);
+        }
+        let started = Instant::now();
+        let result = store.execute(requests, now()).await;
+        metrics.observe_commit(operations, started.elapsed());
+        match result {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (job, size) in jobs.into_iter().zip(sizes) {
+                    let answer: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+                    // A waiter that went away (client disconnected) is fine:
+                    // its operation is committed and a retry will replay it.
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, operations, "batch failed; nothing in it was committed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    tracing::info!("writer drained and stopped");
+}

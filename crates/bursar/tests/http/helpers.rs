@@ -1,0 +1,252 @@
+//! Test helpers: a fresh database per test, a bursar service on port 0, an
+//! HTTP client, and the `conformance!` macro that runs one test body on every
+//! backend.
+
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The storage backends every conformance test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+}
+
+/// A database of its own for one test; removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    pub path: Option<std::path::PathBuf>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("bursar.db");
+                TestDb {
+                    url: format!("sqlite://{}", path.display()),
+                    path: Some(path),
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per backend, as
+/// `sqlite::name` (and so on for every backend).
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A bursar service in this process on 127.0.0.1:0 over a fresh database.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    pub backend: Backend,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+static KEYS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh idempotency key, unique within the test process.
+pub fn new_key() -> String {
+    format!(
+        "key-{}-{}",
+        std::process::id(),
+        KEYS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        let db = TestDb::new(backend).await;
+        TestApp::spawn_on(db, backend).await
+    }
+
+    pub async fn spawn_on(db: TestDb, backend: Backend) -> TestApp {
+        let app = bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+            .await
+            .expect("open app");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.serve(listener, async move {
+                let _ = stop.await;
+            })
+            .await
+            .expect("serve");
+        });
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            db,
+            backend,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the service gracefully (draining the writer) and waits for it.
+    pub async fn stop(mut self) -> TestDb {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+        std::mem::replace(
+            &mut self.db,
+            TestDb {
+                url: String::new(),
+                path: None,
+                _dir: None,
+            },
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Any request with the admin token; returns status, headers and body text.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        idempotency_key: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        (status, headers, text)
+    }
+
+    /// A POST operation with a key and a JSON body; returns status and JSON.
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, text) = self
+            .send(
+                reqwest::Method::POST,
+                path,
+                Some(key),
+                Some(&body.to_string()),
+            )
+            .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, text) = self.send(reqwest::Method::GET, path, None, None).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Enrolls `user` in `course` at `price` USD; asserts 201.
+    pub async fn enroll(&self, user: &str, course: &str, price: i64) -> Value {
+        let body = json!({"currency": "USD", "price": price}).to_string();
+        let (status, _, text) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/users/{user}/courses/{course}"),
+                None,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "enroll: {text}");
+        serde_json::from_str::<Value>(&text).expect("json")["enrollment"].clone()
+    }
+
+    pub async fn pay(
+        &self,
+        user: &str,
+        course: &str,
+        key: &str,
+        amount: i64,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/users/{user}/courses/{course}/payments"),
+            key,
+            json!({"amount": amount}),
+        )
+        .await
+    }
+
+    /// The enrollment; asserts 200.
+    pub async fn enrollment(&self, user: &str, course: &str) -> Value {
+        let (status, body) = self
+            .get(&format!("/v1/users/{user}/courses/{course}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "get enrollment: {body}");
+        body
+    }
+
+    /// Every ledger entry of the enrollment, following the pages.
+    pub async fn ledger(&self, user: &str, course: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, body) = self
+                .get(&format!(
+                    "/v1/users/{user}/courses/{course}/ledger?after={after}&limit=1000"
+                ))
+                .await;
+            assert_eq!(status, StatusCode::OK, "ledger: {body}");
+            let page = body["entries"].as_array().expect("entries").clone();
+            if page.is_empty() {
+                return entries;
+            }
+            after = page.last().expect("entry")["seq"].as_u64().expect("seq");
+            entries.extend(page);
+        }
+    }
+
+    /// `GET /v1/audit`; asserts it is clean.
+    pub async fn assert_audit_clean(&self) {
+        let (status, body) = self.get("/v1/audit").await;
+        assert_eq!(status, StatusCode::OK, "audit: {body}");
+        assert_eq!(body["ok"], json!(true), "audit found disagreements: {body}");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}

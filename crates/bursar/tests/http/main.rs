@@ -1,0 +1,12 @@
+//! The HTTP-level tests of bursar: real HTTP on a real port against a fresh
+//! database per test. Each test body runs on every backend through the
+//! `conformance!` macro of `helpers`.
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod cli;
+mod crash;
+mod operations;
+mod scenarios;

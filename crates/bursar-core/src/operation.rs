@@ -293,6 +293,14 @@ pub fn apply(
                     paid: amounts.paid,
                 });
             }
+            // Refunds only grow; bound their sum like every other total so
+            // endless pay-and-refund cycles are refused, never overflow.
+            if amounts.refunded + amount > ENROLLMENT_TOTAL_MAX {
+                return Err(Rejection::TotalLimitExceeded {
+                    amount,
+                    limit: ENROLLMENT_TOTAL_MAX,
+                });
+            }
             amounts.paid = checked(amounts.paid.checked_sub(amount));
             amounts.refunded = checked(amounts.refunded.checked_add(amount));
             reason = Some(refund_reason.clone());

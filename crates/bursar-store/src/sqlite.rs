@@ -14,7 +14,7 @@ use bursar_core::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Reader connections kept open between reads; more are opened under load
@@ -243,13 +243,17 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
-            let pooled = inner.readers.lock().expect("reader pool lock").pop();
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             let connection = match pooled {
                 Some(connection) => connection,
                 None => open_connection(&inner.options, false)?,
             };
             let result = work(&connection);
-            let mut readers = inner.readers.lock().expect("reader pool lock");
+            let mut readers = inner.readers.lock().unwrap_or_else(PoisonError::into_inner);
             if readers.len() < READER_CONNECTIONS_IDLE_MAX {
                 readers.push(connection);
             }
@@ -265,7 +269,9 @@ impl SqliteStore {
     ) -> Result<Vec<Outcome>, StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
-            let mut writer = inner.writer.lock().expect("writer lock");
+            // A panic during an earlier batch dropped (and so rolled back) its
+            // transaction: the connection is safe to use again.
+            let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             execute_batch(&mut writer, &requests, now)
         })
         .await
@@ -344,7 +350,7 @@ impl SqliteStore {
     pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
-            let writer = inner.writer.lock().expect("writer lock");
+            let writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             writer
                 .execute(
                     "INSERT INTO api_tokens (token_hash, role, created_at) VALUES (?1, ?2, ?3)",

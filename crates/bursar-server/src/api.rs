@@ -67,6 +67,68 @@ pub struct ChargeBody {
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
+/// The command a request body asks for; shared by the single-operation
+/// routes and `/v1/batch`.
+pub trait IntoCommand {
+    fn into_command(self) -> Command;
+}
+
+impl IntoCommand for EnrollBody {
+    fn into_command(self) -> Command {
+        Command::Enroll(EnrollTerms {
+            currency: self.currency,
+            price: self.price,
+            access_policy: self.access_policy,
+        })
+    }
+}
+
+impl IntoCommand for PaymentBody {
+    fn into_command(self) -> Command {
+        Command::Payment {
+            amount: self.amount,
+            currency: self.currency,
+            reference: self.reference,
+        }
+    }
+}
+
+impl IntoCommand for PayRemainingBody {
+    fn into_command(self) -> Command {
+        Command::PayRemaining {
+            reference: self.reference,
+        }
+    }
+}
+
+impl IntoCommand for CreditBody {
+    fn into_command(self) -> Command {
+        Command::Credit {
+            amount: self.amount,
+            reason: self.reason,
+        }
+    }
+}
+
+impl IntoCommand for RefundBody {
+    fn into_command(self) -> Command {
+        Command::Refund {
+            amount: self.amount,
+            reason: self.reason,
+            reference: self.reference,
+        }
+    }
+}
+
+impl IntoCommand for ChargeBody {
+    fn into_command(self) -> Command {
+        Command::Charge {
+            amount: self.amount,
+            reason: self.reason,
+        }
+    }
+}
+
 /// The answer to an accepted operation (and to its replays).
 #[derive(Serialize, ToSchema)]
 pub struct AcceptedBody<'a> {
@@ -194,20 +256,12 @@ pub async fn enroll(
     EnrollmentPath(key): EnrollmentPath,
     JsonBody(body): JsonBody<EnrollBody>,
 ) -> Result<Response, ApiError> {
-    let terms = EnrollTerms {
-        currency: body.currency,
-        price: body.price,
-        access_policy: body.access_policy,
+    let request = Request {
+        key,
+        idempotency_key: None,
+        command: body.into_command(),
     };
-    apply_one(
-        &state,
-        Request {
-            key,
-            idempotency_key: None,
-            command: Command::Enroll(terms),
-        },
-    )
-    .await
+    apply_one(&state, request).await
 }
 
 /// The enrollment.
@@ -251,12 +305,7 @@ pub async fn payment(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<PaymentBody>,
 ) -> Result<Response, ApiError> {
-    let command = Command::Payment {
-        amount: body.amount,
-        currency: body.currency,
-        reference: body.reference,
-    };
-    apply_one(&state, operation(path, key, command)).await
+    apply_one(&state, operation(path, key, body.into_command())).await
 }
 
 /// Pay exactly what is due at commit time.
@@ -270,17 +319,7 @@ pub async fn pay_remaining(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<PayRemainingBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(
-        &state,
-        operation(
-            path,
-            key,
-            Command::PayRemaining {
-                reference: body.reference,
-            },
-        ),
-    )
-    .await
+    apply_one(&state, operation(path, key, body.into_command())).await
 }
 
 /// Record a credit adjustment (discount, scholarship).
@@ -294,18 +333,7 @@ pub async fn credit(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<CreditBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(
-        &state,
-        operation(
-            path,
-            key,
-            Command::Credit {
-                amount: body.amount,
-                reason: body.reason,
-            },
-        ),
-    )
-    .await
+    apply_one(&state, operation(path, key, body.into_command())).await
 }
 
 /// Record a refund.
@@ -319,12 +347,7 @@ pub async fn refund(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<RefundBody>,
 ) -> Result<Response, ApiError> {
-    let command = Command::Refund {
-        amount: body.amount,
-        reason: body.reason,
-        reference: body.reference,
-    };
-    apply_one(&state, operation(path, key, command)).await
+    apply_one(&state, operation(path, key, body.into_command())).await
 }
 
 /// Record an extra charge (a fee).
@@ -338,18 +361,7 @@ pub async fn charge(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<ChargeBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(
-        &state,
-        operation(
-            path,
-            key,
-            Command::Charge {
-                amount: body.amount,
-                reason: body.reason,
-            },
-        ),
-    )
-    .await
+    apply_one(&state, operation(path, key, body.into_command())).await
 }
 
 /// Mark the course finished (needs access GRANTED).
@@ -443,7 +455,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[openapi(
     info(title = "bursar", description = "Records what students owe and pay for course enrollments."),
     paths(enroll, get_enrollment, list_enrollments, payment, pay_remaining, credit, refund, charge,
-        complete, cancel, ledger, audit, healthz, readyz, metrics, openapi_json),
+        complete, cancel, ledger, crate::batch::batch, audit, healthz, readyz, metrics, openapi_json),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

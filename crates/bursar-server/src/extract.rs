@@ -77,11 +77,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     }
 }
 
-/// A JSON body parsed into `T` (which denies unknown fields). An empty body
-/// reads as `{}`, so `complete` and `pay-remaining` need none.
-pub struct JsonBody<T>(pub T);
+/// A JSON body parsed into `T` (which denies unknown fields), of at most
+/// `LIMIT` bytes. An empty body reads as `{}`, so `complete` and
+/// `pay-remaining` need none.
+pub struct JsonBody<T, const LIMIT: usize = REQUEST_BODY_BYTES_MAX>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
@@ -89,7 +92,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .await
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX)
+                    ApiError::payload_too_large(LIMIT)
                 } else {
                     ApiError::invalid(format!("cannot read the body: {}", rejection.body_text()))
                 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -123,6 +124,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/users/{user_id}/courses/{course_id}/ledger",
             get(api::ledger),
+        )
+        .route(
+            "/v1/batch",
+            post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/audit", get(api::audit))
         .route("/readyz", get(api::readyz))

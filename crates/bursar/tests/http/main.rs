@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod bad_input;
+mod batch;
 mod cli;
 mod crash;
 mod operations;

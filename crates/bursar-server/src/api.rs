@@ -215,10 +215,16 @@ impl From<WriteError> for ApiError {
     }
 }
 
+/// Submits one request to the writer and renders its outcome. The span (at
+/// debug level, so free when disabled) tags every log line of the write with
+/// the enrollment and the idempotency key.
+#[tracing::instrument(level = "debug", skip_all, fields(
+    user_id = %request.key.user_id,
+    course_id = %request.key.course_id,
+    idempotency_key = request.idempotency_key.as_ref().map(|key| key.as_str()),
+    command = request.command.name(),
+))]
 async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    let user_id = request.key.user_id.clone();
-    let course_id = request.key.course_id.clone();
-    let command = request.command.name();
     let outcomes = state.writer.submit(vec![request]).await?;
     let outcome = outcomes.first().ok_or_else(|| {
         tracing::error!("the writer answered no outcome");
@@ -229,7 +235,7 @@ async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiEr
         )
     })?;
     if let Outcome::Rejected(rejection) = outcome {
-        tracing::debug!(%user_id, %course_id, command, code = rejection.code(), "refused");
+        tracing::debug!(code = rejection.code(), "refused");
     }
     Ok(outcome_response(outcome))
 }

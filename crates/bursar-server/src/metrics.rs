@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// A histogram with fixed upper bounds.
@@ -62,7 +62,9 @@ impl Histogram {
 }
 
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// Route → (method, status) → count. Looked up by `&str`, so counting a
+    /// request allocates nothing once its route has been seen.
+    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
     request_seconds: Histogram,
     batch_operations: Histogram,
     commit_seconds: Histogram,
@@ -92,12 +94,12 @@ impl Metrics {
         elapsed: Duration,
     ) {
         self.request_seconds.observe(elapsed.as_secs_f64());
-        let mut requests = self.requests.lock().expect("metrics lock");
-        if let Some(count) = requests.get_mut(&(route.to_owned(), method, status)) {
-            *count += 1;
-        } else {
-            requests.insert((route.to_owned(), method, status), 1);
-        }
+        let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_status = match requests.get_mut(route) {
+            Some(by_status) => by_status,
+            None => requests.entry(route.to_owned()).or_default(),
+        };
+        *by_status.entry((method, status)).or_default() += 1;
     }
 
     pub fn observe_commit(&self, operations: usize, elapsed: Duration) {
@@ -119,11 +121,18 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP bursar_http_requests_total HTTP requests answered, by route, method and status.\n");
         out.push_str("# TYPE bursar_http_requests_total counter\n");
-        for ((route, method, status), count) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "bursar_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
-            );
+        for (route, by_status) in self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            for ((method, status), count) in by_status {
+                let _ = writeln!(
+                    out,
+                    "bursar_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         self.request_seconds.render(
             &mut out,

@@ -109,7 +109,10 @@ fn init_logs(format: LogFormat) {
 async fn open_existing(url: &str) -> anyhow::Result<Store> {
     match DatabaseUrl::parse(url)? {
         DatabaseUrl::Sqlite(options) if !options.path.exists() => {
-            bail!("no database at {}", options.path.display())
+            bail!(
+                "no database at {} (bursar migrate creates one)",
+                options.path.display()
+            )
         }
         _ => {}
     }
@@ -202,7 +205,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: TokenCommand::Create { role, database },
         } => {
             let role = Role::parse(&role).context("unknown role")?;
-            let store = Store::open(&database.database).await?;
+            // A token for a database that does not exist yet would be
+            // accepted by no server: create the database first (`migrate`).
+            let store = open_existing(&database.database).await?;
             let token = create_token(&store, role).await?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)

@@ -25,6 +25,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
 
+/// The longest a request may take before it is answered 503 `TIMEOUT`. A
+/// write still queued may commit after that; a retry with the same
+/// idempotency key then replays it, so a client never waits without end and
+/// never pays twice.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest `GET /v1/audit` may take; `bursar audit` has no limit.
+pub const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Everything a request handler needs.
 #[derive(Clone)]
 pub struct AppState {
@@ -178,7 +187,22 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         axum::http::Method::DELETE => "DELETE",
         _ => "OTHER",
     };
-    let response = next.run(request).await;
+    // The audit reads the whole database and changes nothing: it may take as
+    // long as it needs.
+    let timeout = if route == "/v1/audit" {
+        AUDIT_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "TIMEOUT",
+            "the request took too long; its outcome is unknown: retry with the same Idempotency-Key",
+        )
+        .into_response(),
+    };
     let status = response.status().as_u16();
     state
         .metrics

@@ -1,0 +1,361 @@
+//! The request and response bodies of the bursar API, typed. Enrollments and
+//! ledger entries are bursar-core's own types, so a value read here is
+//! validated exactly as the server validates it.
+
+use bursar_core::{
+    AccessPolicy, Amount, CourseId, Currency, Enrollment, EnrollmentKey, IdempotencyKey,
+    LedgerEntry, Price, Reason, Reference, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+/// `PUT /v1/users/{user_id}/courses/{course_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnrollRequest {
+    pub currency: Currency,
+    pub price: Price,
+    /// The server's default is `FULL_PAYMENT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_policy: Option<AccessPolicy>,
+}
+
+/// `POST …/payments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentRequest {
+    pub amount: Amount,
+    /// If given, must be the enrollment's currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+impl PaymentRequest {
+    pub fn new(amount: Amount) -> PaymentRequest {
+        PaymentRequest {
+            amount,
+            currency: None,
+            reference: None,
+        }
+    }
+}
+
+/// `POST …/pay-remaining`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct PayRemainingRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// `POST …/credits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditRequest {
+    pub amount: Amount,
+    pub reason: Reason,
+}
+
+/// `POST …/refunds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefundRequest {
+    pub amount: Amount,
+    pub reason: Reason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// `POST …/charges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChargeRequest {
+    pub amount: Amount,
+    pub reason: Reason,
+}
+
+/// The body of `complete` and `cancel`: `{}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct EmptyRequest {}
+
+/// The answer to an accepted operation, and to each of its replays.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Accepted {
+    pub entry: LedgerEntry,
+    pub enrollment: Enrollment,
+    /// True when this answer is the replay of an earlier acceptance of the
+    /// same idempotency key (`Idempotent-Replayed: true`).
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// The least of an accepted operation's answer, for callers that send many
+/// and read balances later: reading it skips the rest of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The ledger sequence number of the entry.
+    pub seq: u64,
+    pub replayed: bool,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReceiptBody {
+    pub entry: ReceiptEntry,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ReceiptEntry {
+    pub seq: u64,
+}
+
+/// What enrolling answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// 201: a new enrollment, with its `ENROLL` ledger entry.
+    Created(Box<Accepted>),
+    /// 200: it existed already with the same terms.
+    Existing(Enrollment),
+}
+
+impl Enrolled {
+    pub fn enrollment(&self) -> &Enrollment {
+        match self {
+            Enrolled::Created(accepted) => &accepted.enrollment,
+            Enrolled::Existing(enrollment) => enrollment,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EnrollmentBody {
+    pub enrollment: Enrollment,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EnrollmentsBody {
+    pub enrollments: Vec<Enrollment>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LedgerBody<E> {
+    pub entries: Vec<E>,
+}
+
+/// One operation of `POST /v1/batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchOperation {
+    pub user_id: UserId,
+    pub course_id: CourseId,
+    #[serde(flatten)]
+    pub command: BatchCommand,
+    /// Required for every kind but `enroll`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl BatchOperation {
+    pub fn new(
+        enrollment: &EnrollmentKey,
+        idempotency_key: Option<IdempotencyKey>,
+        command: BatchCommand,
+    ) -> BatchOperation {
+        BatchOperation {
+            user_id: enrollment.user_id.clone(),
+            course_id: enrollment.course_id.clone(),
+            command,
+            idempotency_key,
+        }
+    }
+}
+
+/// The kind of a batch operation and its body: what the single operation's
+/// route takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum BatchCommand {
+    Enroll(EnrollRequest),
+    Payment(PaymentRequest),
+    PayRemaining(PayRemainingRequest),
+    Credit(CreditRequest),
+    Refund(RefundRequest),
+    Charge(ChargeRequest),
+    Complete(EmptyRequest),
+    Cancel(EmptyRequest),
+}
+
+/// How much each result of a batch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchDetail {
+    /// Each result carries the body its own route would answer.
+    #[default]
+    Full,
+    /// Only status, code, seq and whether it was a replay.
+    Summary,
+}
+
+/// `POST /v1/batch`: at most 8,192 operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchRequest {
+    pub operations: Vec<BatchOperation>,
+    pub detail: BatchDetail,
+}
+
+/// The operations one batch may carry.
+pub const BATCH_OPERATIONS_MAX: usize = 8_192;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// The result of one operation of a batch: the status its own route would
+/// have answered, and in `full` detail that route's body.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BatchResult {
+    pub status: u16,
+    #[serde(default)]
+    pub replayed: bool,
+    /// In `summary` detail: the code of a refusal.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// In `summary` detail: the sequence number of an accepted entry.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+impl BatchResult {
+    /// 201 (applied now or replayed) or 200 (an enrollment that existed).
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The code of a refusal, whichever the detail.
+    pub fn error_code(&self) -> Option<&str> {
+        if self.is_success() {
+            return None;
+        }
+        self.code.as_deref().or_else(|| {
+            self.body
+                .as_ref()
+                .and_then(|body| body["error"]["code"].as_str())
+        })
+    }
+
+    /// The answer of an accepted operation, in `full` detail.
+    pub fn accepted(&self) -> Option<Accepted> {
+        if self.status != 201 {
+            return None;
+        }
+        let mut accepted: Accepted = serde_json::from_value(self.body.clone()?).ok()?;
+        accepted.replayed = self.replayed;
+        Some(accepted)
+    }
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub enrollments: u64,
+    pub entries: u64,
+    pub disagreements: Vec<AuditDisagreement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AuditDisagreement {
+    pub user_id: String,
+    pub course_id: String,
+    /// The entry at fault, if one is.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Readiness {
+    pub status: String,
+    pub backend: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn batch_operations_serialize_as_the_server_reads_them() {
+        let enrollment = EnrollmentKey {
+            user_id: UserId::parse("u1").unwrap(),
+            course_id: CourseId::parse("c1").unwrap(),
+        };
+        let payment = BatchOperation::new(
+            &enrollment,
+            Some(IdempotencyKey::parse("k1").unwrap()),
+            BatchCommand::Payment(PaymentRequest::new(Amount::new(250).unwrap())),
+        );
+        assert_eq!(
+            serde_json::to_value(&payment).unwrap(),
+            json!({"user_id": "u1", "course_id": "c1", "kind": "payment",
+                   "body": {"amount": 250}, "idempotency_key": "k1"})
+        );
+        let enroll = BatchOperation::new(
+            &enrollment,
+            None,
+            BatchCommand::Enroll(EnrollRequest {
+                currency: Currency::parse("USD").unwrap(),
+                price: Price::new(1_000).unwrap(),
+                access_policy: None,
+            }),
+        );
+        assert_eq!(
+            serde_json::to_value(&enroll).unwrap(),
+            json!({"user_id": "u1", "course_id": "c1", "kind": "enroll",
+                   "body": {"currency": "USD", "price": 1000}})
+        );
+        let request = BatchRequest {
+            operations: vec![BatchOperation::new(
+                &enrollment,
+                Some(IdempotencyKey::parse("k2").unwrap()),
+                BatchCommand::PayRemaining(PayRemainingRequest::default()),
+            )],
+            detail: BatchDetail::Summary,
+        };
+        assert_eq!(
+            serde_json::to_value(&request).unwrap(),
+            json!({"operations": [{"user_id": "u1", "course_id": "c1", "kind": "pay_remaining",
+                   "body": {}, "idempotency_key": "k2"}], "detail": "summary"})
+        );
+    }
+
+    #[test]
+    fn batch_results_give_their_code_in_either_detail() {
+        let summary: BatchResult =
+            serde_json::from_value(json!({"status": 422, "code": "OVERPAYMENT"})).unwrap();
+        assert_eq!(summary.error_code(), Some("OVERPAYMENT"));
+        let full: BatchResult = serde_json::from_value(json!({"status": 409,
+            "body": {"error": {"code": "NOTHING_DUE", "message": "nothing is due"}}}))
+        .unwrap();
+        assert_eq!(full.error_code(), Some("NOTHING_DUE"));
+        let accepted: BatchResult =
+            serde_json::from_value(json!({"status": 201, "replayed": true, "seq": 4})).unwrap();
+        assert!(accepted.is_success());
+        assert!(accepted.replayed);
+        assert_eq!(accepted.error_code(), None);
+    }
+}

@@ -77,10 +77,17 @@ status_names!(EnrollmentStatus {
     Cancelled => "CANCELLED",
 });
 
+// Read through `AccessPolicyFields`: serde does not apply
+// `deny_unknown_fields` to the unit variant of an internally tagged enum, so
+// `{"kind":"FULL_PAYMENT","amount":5}` would otherwise be taken silently.
 /// When a student gets access to the course.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    try_from = "AccessPolicyFields"
+)]
 pub enum AccessPolicy {
     /// Access once nothing is due.
     #[default]
@@ -88,6 +95,39 @@ pub enum AccessPolicy {
     /// Access once `amount_paid + amount_credited >= amount`, or once nothing
     /// is due, whichever comes first.
     MinSettled { amount: Price },
+}
+
+/// An access policy as JSON spells it, before the kind and the amount are
+/// checked against each other.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessPolicyFields {
+    kind: AccessPolicyKind,
+    amount: Option<Price>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum AccessPolicyKind {
+    FullPayment,
+    MinSettled,
+}
+
+impl TryFrom<AccessPolicyFields> for AccessPolicy {
+    type Error = &'static str;
+
+    fn try_from(fields: AccessPolicyFields) -> Result<AccessPolicy, &'static str> {
+        match (fields.kind, fields.amount) {
+            (AccessPolicyKind::FullPayment, None) => Ok(AccessPolicy::FullPayment),
+            (AccessPolicyKind::FullPayment, Some(_)) => {
+                Err("the FULL_PAYMENT access policy takes no amount")
+            }
+            (AccessPolicyKind::MinSettled, Some(amount)) => Ok(AccessPolicy::MinSettled { amount }),
+            (AccessPolicyKind::MinSettled, None) => {
+                Err("the MIN_SETTLED access policy needs an amount")
+            }
+        }
+    }
 }
 
 impl AccessPolicy {
@@ -243,5 +283,45 @@ impl Enrollment {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_policy_json() {
+        let parse = |text: &str| serde_json::from_str::<AccessPolicy>(text);
+        assert_eq!(
+            parse(r#"{"kind":"FULL_PAYMENT"}"#).unwrap(),
+            AccessPolicy::FullPayment
+        );
+        assert_eq!(
+            parse(r#"{"amount":500,"kind":"MIN_SETTLED"}"#).unwrap(),
+            AccessPolicy::MinSettled {
+                amount: Price::new(500).unwrap()
+            }
+        );
+        for bad in [
+            r#"{"kind":"FULL_PAYMENT","amount":5}"#,
+            r#"{"kind":"MIN_SETTLED"}"#,
+            r#"{"kind":"MIN_SETTLED","amount":-1}"#,
+            r#"{"kind":"MIN_SETTLED","amount":5,"extra":1}"#,
+            r#"{"kind":"HALF"}"#,
+            r#"{"amount":5}"#,
+            r#""FULL_PAYMENT""#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad} must be refused");
+        }
+        for policy in [
+            AccessPolicy::FullPayment,
+            AccessPolicy::MinSettled {
+                amount: Price::new(1).unwrap(),
+            },
+        ] {
+            let text = serde_json::to_string(&policy).unwrap();
+            assert_eq!(parse(&text).unwrap(), policy, "{text} round-trips");
+        }
     }
 }

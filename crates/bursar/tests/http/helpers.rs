@@ -250,3 +250,35 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// Creates one API token per role in `roles` directly in the database at
+/// `url`, as `bursar token create` does, and returns them in the same order.
+pub async fn create_tokens<const N: usize>(
+    url: &str,
+    roles: [bursar_server::auth::Role; N],
+) -> [String; N] {
+    let store = bursar_store::Store::open(url).await.expect("open store");
+    let mut tokens = Vec::with_capacity(N);
+    for role in roles {
+        tokens.push(
+            bursar_server::auth::create_token(&store, role)
+                .await
+                .expect("create token"),
+        );
+    }
+    tokens.try_into().expect("one token per role")
+}
+
+impl TestApp {
+    /// A service whose database holds, from the start, one API token per
+    /// role in `roles` (besides the admin token); returns the tokens in the
+    /// same order. Tokens made before the start need no reload to work.
+    pub async fn spawn_with_tokens<const N: usize>(
+        backend: Backend,
+        roles: [bursar_server::auth::Role; N],
+    ) -> (TestApp, [String; N]) {
+        let db = TestDb::new(backend).await;
+        let tokens = create_tokens(&db.url, roles).await;
+        (TestApp::spawn_on(db, backend).await, tokens)
+    }
+}

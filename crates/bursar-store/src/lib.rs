@@ -2,13 +2,16 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit and the API tokens.
 
+mod postgres;
 mod sqlite;
+pub mod testing;
 
 use bursar_core::ledger::Disagreement;
 use bursar_core::{Enrollment, EnrollmentKey, LedgerEntry, Outcome, Request, Timestamp, UserId};
 use serde::Serialize;
 use std::path::Path;
 
+pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Most enrollments `enrollments_of` returns for one user: far more than any
@@ -52,18 +55,27 @@ pub struct AuditReport {
 /// Which backend a database URL names.
 pub enum DatabaseUrl {
     Sqlite(SqliteOptions),
+    /// Boxed: the parsed options are large, and a URL is parsed once.
+    Postgres(Box<PostgresOptions>),
 }
 
 impl DatabaseUrl {
     /// `sqlite://PATH` (relative), `sqlite:///ABSOLUTE/PATH`, with an optional
-    /// `?synchronous=FULL|NORMAL|OFF`.
+    /// `?synchronous=FULL|NORMAL|OFF`; or `postgres://` / `postgresql://`
+    /// URLs in libpq's form (see [`PostgresOptions`]).
     pub fn parse(url: &str) -> Result<DatabaseUrl, StoreError> {
         if let Some(rest) = url.strip_prefix("sqlite://") {
             return Ok(DatabaseUrl::Sqlite(SqliteOptions::parse(rest)?));
         }
-        Err(StoreError::Config(format!(
-            "unsupported database URL {url:?}: expected sqlite://PATH"
-        )))
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(Box::new(PostgresOptions::parse(
+                url,
+            )?)));
+        }
+        Err(StoreError::Config(
+            "unsupported database URL: expected sqlite://PATH or postgres://USER@HOST/DATABASE"
+                .into(),
+        ))
     }
 }
 
@@ -71,6 +83,7 @@ impl DatabaseUrl {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl Store {
@@ -78,6 +91,9 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         match DatabaseUrl::parse(url)? {
             DatabaseUrl::Sqlite(options) => Ok(Store::Sqlite(SqliteStore::open(options).await?)),
+            DatabaseUrl::Postgres(options) => {
+                Ok(Store::Postgres(PostgresStore::open(*options).await?))
+            }
         }
     }
 
@@ -85,6 +101,7 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 
@@ -97,12 +114,14 @@ impl Store {
     ) -> Result<Vec<Outcome>, StoreError> {
         match self {
             Store::Sqlite(store) => store.execute(requests, now).await,
+            Store::Postgres(store) => store.execute(requests, now).await,
         }
     }
 
     pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
         match self {
             Store::Sqlite(store) => store.enrollment(key).await,
+            Store::Postgres(store) => store.enrollment(key).await,
         }
     }
 
@@ -110,6 +129,7 @@ impl Store {
     pub async fn enrollments_of(&self, user_id: &UserId) -> Result<Vec<Enrollment>, StoreError> {
         match self {
             Store::Sqlite(store) => store.enrollments_of(user_id).await,
+            Store::Postgres(store) => store.enrollments_of(user_id).await,
         }
     }
 
@@ -122,6 +142,7 @@ impl Store {
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         match self {
             Store::Sqlite(store) => store.ledger(key, after, limit).await,
+            Store::Postgres(store) => store.ledger(key, after, limit).await,
         }
     }
 
@@ -129,18 +150,21 @@ impl Store {
     pub async fn audit(&self) -> Result<AuditReport, StoreError> {
         match self {
             Store::Sqlite(store) => store.audit().await,
+            Store::Postgres(store) => store.audit().await,
         }
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         match self {
             Store::Sqlite(store) => store.tokens().await,
+            Store::Postgres(store) => store.tokens().await,
         }
     }
 
     pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.insert_token(token, now).await,
+            Store::Postgres(store) => store.insert_token(token, now).await,
         }
     }
 
@@ -148,6 +172,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.ping().await,
+            Store::Postgres(store) => store.ping().await,
         }
     }
 
@@ -155,6 +180,7 @@ impl Store {
     pub async fn backup(&self, destination: &Path) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.backup(destination).await,
+            Store::Postgres(store) => store.backup(destination).await,
         }
     }
 }

@@ -13,13 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    Postgres,
 }
 
-/// A database of its own for one test; removed when dropped.
+/// A database of its own for one test; removed when dropped. `path` is the
+/// SQLite file, `None` on PostgreSQL.
 pub struct TestDb {
     pub url: String,
     pub path: Option<std::path::PathBuf>,
     _dir: Option<tempfile::TempDir>,
+    _postgres: Option<bursar_store::testing::PostgresTestDb>,
 }
 
 impl TestDb {
@@ -32,6 +35,16 @@ impl TestDb {
                     url: format!("sqlite://{}", path.display()),
                     path: Some(path),
                     _dir: Some(dir),
+                    _postgres: None,
+                }
+            }
+            Backend::Postgres => {
+                let database = bursar_store::testing::PostgresTestDb::create();
+                TestDb {
+                    url: database.url().to_owned(),
+                    path: None,
+                    _dir: None,
+                    _postgres: Some(database),
                 }
             }
         }
@@ -39,7 +52,9 @@ impl TestDb {
 }
 
 /// Runs each named `async fn name(backend: Backend)` once per backend, as
-/// `sqlite::name` (and so on for every backend).
+/// `sqlite::name` and `postgres::name`. Without a reachable PostgreSQL the
+/// `postgres::` tests pass without running, after one line saying how to
+/// enable them; under `CI=true` they fail instead.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -48,6 +63,17 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if !bursar_store::testing::postgres_available() {
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::Postgres).await
                 }
             )*
         }
@@ -123,6 +149,7 @@ impl TestApp {
                 url: String::new(),
                 path: None,
                 _dir: None,
+                _postgres: None,
             },
         )
     }

@@ -9,5 +9,6 @@ mod bad_input;
 mod batch;
 mod cli;
 mod crash;
+mod many_servers;
 mod operations;
 mod scenarios;

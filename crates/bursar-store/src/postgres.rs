@@ -1,0 +1,1887 @@
+//! The PostgreSQL backend: any number of stateless `bursar serve` processes
+//! on one database keep every guarantee of the contract, because the
+//! database, not process memory, decides.
+//!
+//! # Driver
+//!
+//! tokio-postgres with a deadpool-postgres pool. It is async all the way, so
+//! neither the writer nor the readers tie up a thread while the database
+//! works; it needs no database at compile time (unlike sqlx's checked
+//! queries); and its dependency tree is small. TLS is rustls with the `ring`
+//! provider, and the webpki root certificates when the server's certificate
+//! is verified (see [`TlsMode`]).
+//!
+//! # How a batch commits
+//!
+//! Each group-commit batch is one explicit transaction:
+//!
+//! 1. `SELECT … FROM enrollments WHERE (user_id, course_id) IN (…) ORDER BY
+//!    user_id, course_id FOR UPDATE` locks every existing enrollment the batch
+//!    names, in key order. Every process locks in the same order, so two
+//!    batches never wait on each other in a cycle.
+//! 2. The stored operations under the batch's idempotency keys are read after
+//!    the locks are held, so a key committed by another process is seen and
+//!    its answer replayed.
+//! 3. The shared planner of `bursar-core` decides every request.
+//! 4. New enrollments are inserted, changed ones updated under a
+//!    `version = old` guard, and the ledger entries inserted, each in one
+//!    statement over arrays (`UNNEST`), so a batch of thousands costs a
+//!    handful of round trips.
+//! 5. `COMMIT`; only then is any request answered.
+//!
+//! Two processes can still race where there is no row to lock yet: both
+//! insert the same new enrollment. The second insert fails with a unique
+//! violation, the batch rolls back and runs again, and the retry finds the
+//! row, locks it and replays or decides on top of it. Serialization
+//! failures, deadlocks, unique violations and dropped connections are all
+//! retried this way, a few times with exponential backoff and full jitter,
+//! within a bounded time. A retry after a commit whose answer was lost is
+//! safe: every state-changing request but enrolling carries an idempotency
+//! key, so the retry replays it, and enrolling again with the same terms
+//! changes nothing.
+//!
+//! When the database cannot be reached, nothing waits long: opening a
+//! connection and waiting for a pooled one each give up after two seconds,
+//! and the request fails with [`StoreError::Unavailable`] (a 503). Every
+//! request takes its connection afresh from the pool, which replaces closed
+//! connections, so service resumes by itself when the database is back.
+//!
+//! # CockroachDB and YugabyteDB
+//!
+//! The SQL stays within what the PostgreSQL-compatible distributed databases
+//! CockroachDB and YugabyteDB accept, so bursar should run on them too. The
+//! claim rests on what the code uses and avoids, and has been tested here
+//! against PostgreSQL only:
+//!
+//! - explicit transactions, every one of which may be retried whole: a
+//!   serialization failure (`40001`, which those databases raise where
+//!   PostgreSQL would block) or an ambiguous commit (`40003`) runs the batch
+//!   again, and idempotency keys make that safe;
+//! - row locks with `SELECT … FOR UPDATE`, and correctness that does not rest
+//!   on them alone: the `version = old` guard on every update turns a lost
+//!   race into a retry even where locking is weaker;
+//! - plain tables, a partial unique index, `INSERT … ON CONFLICT DO NOTHING`,
+//!   `UPDATE … FROM`, multi-argument `UNNEST` and row-value `IN`;
+//! - no advisory locks, no `LOCK TABLE`, no `LISTEN`/`NOTIFY`, no sequences,
+//!   triggers or stored procedures. Migrations serialize on a row lock in
+//!   `bursar_schema_migrations` rather than on an advisory lock.
+
+use crate::{
+    AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
+};
+use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
+use bursar_core::{
+    AccessPolicy, AccessStatus, CourseId, Currency, Disagreement, Enrollment, EnrollmentKey,
+    EnrollmentState, EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, Outcome,
+    PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, Row, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Connections one process keeps at most. The writer uses one at a time and
+/// the rest serve reads; sixteen per process leaves room for several
+/// processes under PostgreSQL's default `max_connections` of 100.
+const POOL_CONNECTIONS_MAX: usize = 16;
+
+/// How long opening a connection may take before the database counts as
+/// unreachable: long enough for a TLS handshake across a region, short
+/// enough that a client gets its 503 quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a request waits for a pooled connection when all are busy.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `ping` (and so `/readyz`) waits for `SELECT 1`.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Attempts at one batch: the first and up to five retries after a conflict
+/// or a dropped connection. Conflicts on one row resolve in one retry; more
+/// than a few in a row mean the database is struggling, and the client is
+/// better served by a 503 it can retry with the same key.
+const BATCH_ATTEMPTS_MAX: u32 = 6;
+
+/// The first retry waits up to this long; each later one up to twice as
+/// long as the one before, never more than `RETRY_BACKOFF_MAX`.
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(10);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Longest one batch may take, retries included, before it fails as
+/// unavailable: a commit of the largest batch takes well under a second, so
+/// this only fires when the database has stopped answering.
+const BATCH_DURATION_MAX: Duration = Duration::from_secs(10);
+
+/// Longest a migration run may take, retries included, when several
+/// processes start at once.
+const MIGRATE_DURATION_MAX: Duration = Duration::from_secs(60);
+
+/// Enrollments the audit loads per query.
+const AUDIT_ENROLLMENTS_PER_QUERY: usize = 500;
+
+/// Schema migrations, applied in order inside one transaction; a row in
+/// `bursar_schema_migrations` records each. Never edit one that has shipped:
+/// add another. The columns are those of the SQLite backend, so the two
+/// share every rule; the `CHECK`s are a second line of defence behind the
+/// invariants the core asserts before every write.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE enrollments (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    price BIGINT NOT NULL CHECK (price >= 0),
+    amount_charged BIGINT NOT NULL CHECK (amount_charged >= 0),
+    amount_paid BIGINT NOT NULL CHECK (amount_paid >= 0),
+    amount_credited BIGINT NOT NULL CHECK (amount_credited >= 0),
+    amount_refunded BIGINT NOT NULL CHECK (amount_refunded >= 0),
+    amount_due BIGINT NOT NULL CHECK (amount_due >= 0),
+    payment_status TEXT NOT NULL,
+    access_policy_kind TEXT NOT NULL,
+    access_policy_amount BIGINT,
+    access_status TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    last_hash TEXT NOT NULL,
+    PRIMARY KEY (user_id, course_id)
+);
+
+CREATE TABLE ledger (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    idempotency_key TEXT,
+    fingerprint TEXT NOT NULL,
+    reference TEXT,
+    reason TEXT,
+    created_at BIGINT NOT NULL,
+    snapshot TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (user_id, course_id, seq)
+);
+
+CREATE UNIQUE INDEX ledger_idempotency_key
+    ON ledger (user_id, course_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE api_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    role TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+"#];
+
+/// How the connection is encrypted and whether the server is authenticated,
+/// after libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it (the default, as in libpq).
+    Prefer,
+    /// TLS or no connection.
+    Require,
+    /// TLS, and the server's certificate must chain to a trusted root.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(value: &str) -> Result<TlsMode, StoreError> {
+        match value {
+            "disable" => Ok(TlsMode::Disable),
+            "prefer" => Ok(TlsMode::Prefer),
+            "require" => Ok(TlsMode::Require),
+            "verify-ca" => Ok(TlsMode::VerifyCa),
+            "verify-full" => Ok(TlsMode::VerifyFull),
+            _ => Err(StoreError::Config(format!(
+                "sslmode must be disable, prefer, require, verify-ca or verify-full, not {value:?}"
+            ))),
+        }
+    }
+}
+
+/// A parsed `postgres://` URL.
+///
+/// Every libpq-style parameter tokio-postgres knows is honoured
+/// (`connect_timeout`, `application_name`, `options`, …). Two are read by
+/// bursar itself, with libpq's meaning:
+///
+/// - `sslmode=disable|prefer|require|verify-ca|verify-full` (default
+///   `prefer`). As in libpq, `prefer` and `require` encrypt without
+///   authenticating the server unless `sslrootcert` is given; `verify-ca`
+///   and `verify-full` check the certificate against `sslrootcert`, or
+///   against the public webpki roots when it is not given.
+/// - `sslrootcert=PATH`: PEM certificates of the authorities to trust.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    config: tokio_postgres::Config,
+    tls_mode: TlsMode,
+    root_certificates: Option<PathBuf>,
+    /// The URL with any password hidden, for messages and logs.
+    shown: String,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &self.shown)
+            .field("tls_mode", &self.tls_mode)
+            .finish()
+    }
+}
+
+impl PostgresOptions {
+    /// Parses a whole `postgres://` or `postgresql://` URL.
+    pub fn parse(url: &str) -> Result<PostgresOptions, StoreError> {
+        let shown = redact_password(url);
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut tls_mode = TlsMode::Prefer;
+        let mut root_certificates = None;
+        let mut passed_on = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sslmode", value)) => tls_mode = TlsMode::parse(&percent_decode(value))?,
+                Some(("sslrootcert", value)) => {
+                    root_certificates = Some(PathBuf::from(percent_decode(value)));
+                }
+                _ => passed_on.push(pair),
+            }
+        }
+        let rest = if passed_on.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passed_on.join("&"))
+        };
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|error| StoreError::Config(format!("bad PostgreSQL URL {shown}: {error}")))?;
+        config.ssl_mode(match tls_mode {
+            TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+            TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("bursar");
+        }
+        Ok(PostgresOptions {
+            config,
+            tls_mode,
+            root_certificates,
+            shown,
+        })
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls_mode
+    }
+
+    /// The connector that encrypts (or not) as the options say.
+    fn tls(&self) -> Result<MakeRustlsConnect, StoreError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier: Arc<dyn ServerCertVerifier> = match (self.tls_mode, &self.root_certificates) {
+            (TlsMode::Disable | TlsMode::Prefer | TlsMode::Require, None) => {
+                Arc::new(EncryptOnly {
+                    algorithms: provider.signature_verification_algorithms,
+                })
+            }
+            (mode, roots) => {
+                let roots = match roots {
+                    Some(path) => roots_from_file(path)?,
+                    None => RootCertStore {
+                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                    },
+                };
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|error| {
+                            StoreError::Config(format!("cannot verify TLS certificates: {error}"))
+                        })?;
+                if mode == TlsMode::VerifyFull {
+                    webpki
+                } else {
+                    Arc::new(ChainOnly { inner: webpki })
+                }
+            }
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| StoreError::Config(format!("TLS setup failed: {error}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// One connection outside any pool, its driver task spawned; for
+    /// administrative work such as creating test databases.
+    pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls()?)
+            .await
+            .map_err(|error| classify(&error).error)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "PostgreSQL connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// The same server, another database.
+    pub(crate) fn with_database(&self, name: &str) -> PostgresOptions {
+        let mut options = self.clone();
+        options.config.dbname(name);
+        options
+    }
+}
+
+/// The authorities in a PEM file.
+fn roots_from_file(path: &Path) -> Result<RootCertStore, StoreError> {
+    let bad = |error: &dyn std::fmt::Display| {
+        StoreError::Config(format!(
+            "cannot read sslrootcert {}: {error}",
+            path.display()
+        ))
+    };
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path).map_err(|error| bad(&error))? {
+        roots
+            .add(certificate.map_err(|error| bad(&error))?)
+            .map_err(|error| bad(&error))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"the file holds no certificate"));
+    }
+    Ok(roots)
+}
+
+/// libpq's `sslmode=prefer` and `require` without a root certificate:
+/// encrypted against eavesdroppers, the server not authenticated. The
+/// handshake signatures are still checked, so the session key is the one the
+/// certificate's owner holds.
+#[derive(Debug)]
+struct EncryptOnly {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain must reach a trusted root, the name on the
+/// certificate may be any.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The name is checked only after the chain has been verified, so a
+        // name mismatch means the chain itself is good.
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
+/// likewise a `password=` parameter.
+fn redact_password(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => base.to_owned(),
+                },
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// Decodes `%XX` escapes in a URL parameter value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && index + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[index + 1..index + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// A failed database call, sorted by what to do about it.
+struct Failure {
+    error: StoreError,
+    /// Running the whole transaction again may well succeed: a conflict with
+    /// another transaction, or a connection that dropped mid-way.
+    transient: bool,
+}
+
+/// The SQLSTATEs of a conflict with a concurrent transaction: the retry
+/// re-reads and decides again.
+fn is_conflict(state: &SqlState) -> bool {
+    *state == SqlState::T_R_SERIALIZATION_FAILURE
+        || *state == SqlState::T_R_DEADLOCK_DETECTED
+        || *state == SqlState::UNIQUE_VIOLATION
+        || *state == SqlState::T_R_STATEMENT_COMPLETION_UNKNOWN
+}
+
+/// The SQLSTATEs of a server that is going away, starting up or full.
+fn is_unavailable(state: &SqlState) -> bool {
+    state.code().starts_with("08")
+        || *state == SqlState::ADMIN_SHUTDOWN
+        || *state == SqlState::CRASH_SHUTDOWN
+        || *state == SqlState::CANNOT_CONNECT_NOW
+        || *state == SqlState::TOO_MANY_CONNECTIONS
+}
+
+fn classify(error: &tokio_postgres::Error) -> Failure {
+    if let Some(database_error) = error.as_db_error() {
+        let state = database_error.code();
+        if is_conflict(state) {
+            return Failure {
+                error: StoreError::Unavailable(format!(
+                    "conflicting transactions kept the batch from committing: {database_error}"
+                )),
+                transient: true,
+            };
+        }
+        if is_unavailable(state) {
+            return Failure {
+                error: StoreError::Unavailable(database_error.to_string()),
+                transient: true,
+            };
+        }
+        let mut message = database_error.to_string();
+        if let Some(detail) = database_error.detail() {
+            message.push_str(&format!(" ({detail})"));
+        }
+        return Failure {
+            error: StoreError::Internal(message),
+            transient: false,
+        };
+    }
+    // Without a SQLSTATE the failure is the connection's: closed, reset, timed
+    // out or refused.
+    let mut described = error.to_string();
+    let mut source = std::error::Error::source(error);
+    let mut input_output = false;
+    while let Some(cause) = source {
+        input_output |= cause.is::<std::io::Error>();
+        let text = cause.to_string();
+        if !described.contains(&text) {
+            described.push_str(": ");
+            described.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if error.is_closed() || input_output || described.contains("timed out") {
+        return Failure {
+            error: StoreError::Unavailable(format!("PostgreSQL connection failed: {described}")),
+            transient: true,
+        };
+    }
+    Failure {
+        error: StoreError::Internal(format!("PostgreSQL: {described}")),
+        transient: false,
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Failure {
+        classify(&error)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure {
+            error,
+            transient: false,
+        }
+    }
+}
+
+/// No connection could be had: the database is unreachable or overloaded.
+/// Never retried here, so a request fails fast.
+fn pool_error(error: PoolError) -> StoreError {
+    match error {
+        PoolError::Timeout(_) => StoreError::Unavailable(format!(
+            "no PostgreSQL connection within {} s",
+            POOL_WAIT_TIMEOUT.as_secs()
+        )),
+        PoolError::Backend(error) => match classify(&error).error {
+            StoreError::Internal(message) if error.as_db_error().is_none() => {
+                StoreError::Unavailable(message)
+            }
+            other => other,
+        },
+        PoolError::Closed => StoreError::Unavailable("the connection pool is closed".into()),
+        other => StoreError::Internal(format!("PostgreSQL connection pool: {other}")),
+    }
+}
+
+/// How long to sleep before retry number `retry` (1, 2, …): "full jitter",
+/// a uniformly random time up to the exponential bound, so processes that
+/// collided once do not collide again in step.
+fn backoff(retry: u32) -> Duration {
+    let bound = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << retry.saturating_sub(1).min(16))
+        .min(RETRY_BACKOFF_MAX);
+    // A randomly keyed hash of the current time is random enough for jitter
+    // and needs no dependency.
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    let bound_micros = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX).max(1);
+    Duration::from_micros(random % bound_micros)
+}
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    options: Arc<PostgresOptions>,
+}
+
+impl PostgresStore {
+    /// Connects, and migrates the schema; safe when several processes start
+    /// at once.
+    pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let manager = Manager::from_config(
+            options.config.clone(),
+            options.tls()?,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_CONNECTIONS_MAX)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|error| StoreError::Config(format!("connection pool: {error}")))?;
+        let store = PostgresStore {
+            pool,
+            options: Arc::new(options),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The URL with any password hidden.
+    pub fn shown_url(&self) -> &str {
+        self.options.shown()
+    }
+
+    async fn connection(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Applies the migrations not yet applied, in one transaction.
+    ///
+    /// Every process first makes sure the migrations table and its row 0
+    /// exist (both idempotent), then locks row 0 for the rest of the
+    /// transaction: a second process starting at the same time waits there,
+    /// then finds the migrations applied. The rare race on creating the
+    /// table itself surfaces as a unique violation or a duplicate table and
+    /// is retried.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + MIGRATE_DURATION_MAX;
+        let mut retry = 0;
+        loop {
+            let mut client = self.connection().await?;
+            let result = migrate_once(&mut client).await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(failure) if failure.transient => {
+                    retry += 1;
+                    let pause = backoff(retry);
+                    if Instant::now() + pause > deadline {
+                        return Err(failure.error);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    /// Decides and commits one batch, retrying conflicts and dropped
+    /// connections; see the module documentation.
+    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
+    pub async fn execute(
+        &self,
+        requests: Vec<Request>,
+        now: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + BATCH_DURATION_MAX;
+        let mut attempt = 1;
+        loop {
+            // Failing to get a connection is not retried: the database is
+            // unreachable, and the client should hear so at once.
+            let mut client = self.connection().await?;
+            let result =
+                tokio::time::timeout_at(deadline, execute_batch(&mut client, &requests, now)).await;
+            let failure = match result {
+                Ok(Ok(outcomes)) => return Ok(outcomes),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    // The connection may be stuck mid-transaction: never
+                    // hand it to anyone else.
+                    let _ = Object::take(client);
+                    return Err(StoreError::Unavailable(format!(
+                        "PostgreSQL did not finish the batch within {} s",
+                        BATCH_DURATION_MAX.as_secs()
+                    )));
+                }
+            };
+            if !failure.transient || attempt >= BATCH_ATTEMPTS_MAX {
+                return Err(failure.error);
+            }
+            let pause = backoff(attempt);
+            if Instant::now() + pause >= deadline {
+                return Err(failure.error);
+            }
+            tracing::debug!(attempt, error = %failure.error, "retrying the batch");
+            drop(client);
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 AND course_id = $2"
+            ))
+            .await
+            .map_err(read_error)?;
+        let row = client
+            .query_opt(
+                &statement,
+                &[&key.user_id.as_str(), &key.course_id.as_str()],
+            )
+            .await
+            .map_err(read_error)?;
+        row.map(|row| checked_state(&row).map(|state| state.enrollment))
+            .transpose()
+    }
+
+    pub async fn enrollments_of(&self, user_id: &UserId) -> Result<Vec<Enrollment>, StoreError> {
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = $1 ORDER BY course_id LIMIT $2"
+            ))
+            .await
+            .map_err(read_error)?;
+        let rows = client
+            .query(
+                &statement,
+                &[&user_id.as_str(), &(USER_ENROLLMENTS_MAX as i64)],
+            )
+            .await
+            .map_err(read_error)?;
+        rows.iter()
+            .map(|row| checked_state(row).map(|state| state.enrollment))
+            .collect()
+    }
+
+    pub async fn ledger(
+        &self,
+        key: &EnrollmentKey,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let limit = limit.min(LEDGER_PAGE_ENTRIES_MAX);
+        let client = self.connection().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = $1 AND course_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+            ))
+            .await
+            .map_err(read_error)?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &key.user_id.as_str(),
+                    &key.course_id.as_str(),
+                    &after,
+                    &i64::from(limit),
+                ],
+            )
+            .await
+            .map_err(read_error)?;
+        rows.iter()
+            .map(|row| {
+                parse_entry(key, row, 0)
+                    .map(|(entry, _)| entry)
+                    .map_err(StoreError::Internal)
+            })
+            .collect()
+    }
+
+    /// Replays every enrollment's ledger and verifies every chain, all read
+    /// from one snapshot so that writes going on meanwhile cannot make a
+    /// consistent database look inconsistent.
+    pub async fn audit(&self) -> Result<AuditReport, StoreError> {
+        let mut client = self.connection().await?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(read_error)?;
+        let report = audit(&transaction).await?;
+        transaction.commit().await.map_err(read_error)?;
+        Ok(report)
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let client = self.connection().await?;
+        let rows = client
+            .query("SELECT token_hash, role FROM api_tokens", &[])
+            .await
+            .map_err(read_error)?;
+        rows.iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get(0).map_err(read_error)?;
+                let role: String = row.try_get(1).map_err(read_error)?;
+                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
+                    StoreError::Internal("a stored token hash is not 32 bytes".into())
+                })?;
+                Ok(TokenRecord { token_hash, role })
+            })
+            .collect()
+    }
+
+    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+        let client = self.connection().await?;
+        client
+            .execute(
+                "INSERT INTO api_tokens (token_hash, role, created_at) VALUES ($1, $2, $3)",
+                &[&&token.token_hash[..], &token.role, &now.unix_micros()],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
+    /// Whether the database answers, within a few seconds; for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let answer = tokio::time::timeout(PING_TIMEOUT, async {
+            let client = self.connection().await?;
+            client.simple_query("SELECT 1").await.map_err(read_error)?;
+            Ok::<(), StoreError>(())
+        })
+        .await;
+        match answer {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not answer within {} s",
+                PING_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// bursar does not copy a PostgreSQL database itself.
+    pub async fn backup(&self, _destination: &Path) -> Result<(), StoreError> {
+        Err(StoreError::Config(format!(
+            "bursar backup copies SQLite databases only; back up {} with pg_dump \
+             (or your provider's snapshots and point-in-time recovery)",
+            self.options.shown()
+        )))
+    }
+}
+
+fn read_error(error: tokio_postgres::Error) -> StoreError {
+    classify(&error).error
+}
+
+async fn migrate_once(client: &mut Object) -> Result<(), Failure> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS bursar_schema_migrations (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            );
+            INSERT INTO bursar_schema_migrations (version) VALUES (0) ON CONFLICT (version) DO NOTHING;",
+        )
+        .await
+        .map_err(migration_failure)?;
+    let transaction = client.transaction().await?;
+    transaction
+        .query(
+            "SELECT version FROM bursar_schema_migrations WHERE version = 0 FOR UPDATE",
+            &[],
+        )
+        .await?;
+    let applied: i64 = transaction
+        .query_one("SELECT max(version) FROM bursar_schema_migrations", &[])
+        .await?
+        .try_get(0)?;
+    let applied = usize::try_from(applied)
+        .map_err(|_| StoreError::Config("negative schema version".into()))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Config(format!(
+            "the database has schema version {applied}, newer than this bursar knows ({}); upgrade bursar",
+            MIGRATIONS.len()
+        ))
+        .into());
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let version = index as i64 + 1;
+        transaction
+            .batch_execute(migration)
+            .await
+            .map_err(migration_failure)?;
+        transaction
+            .execute(
+                "INSERT INTO bursar_schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// A concurrent `CREATE TABLE` by another process starting at the same time
+/// shows up as a duplicate table: run the migration again.
+fn migration_failure(error: tokio_postgres::Error) -> Failure {
+    if error.code() == Some(&SqlState::DUPLICATE_TABLE) {
+        return Failure {
+            error: StoreError::Unavailable(format!("concurrent migration: {error}")),
+            transient: true,
+        };
+    }
+    classify(&error)
+}
+
+const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price, amount_charged, amount_paid, \
+     amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
+     access_policy_amount, access_status, status, version, created_at, updated_at, last_hash";
+
+const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
+     reason, created_at, snapshot, prev_hash, hash";
+
+/// Locks every existing enrollment of the batch, in key order.
+const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amount_charged, \
+     amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
+     access_policy_kind, access_policy_amount, access_status, status, version, created_at, \
+     updated_at, last_hash FROM enrollments \
+     WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+     ORDER BY user_id, course_id FOR UPDATE";
+
+const LOAD_STORED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
+     reference, reason, created_at, snapshot, prev_hash, hash, user_id, course_id FROM ledger \
+     WHERE (user_id, course_id, idempotency_key) IN \
+     (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]))";
+
+const INSERT_ENROLLMENTS: &str = "INSERT INTO enrollments (user_id, course_id, currency, price, \
+     amount_charged, amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
+     access_policy_kind, access_policy_amount, access_status, status, version, created_at, \
+     updated_at, last_hash) \
+     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+     $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], \
+     $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], \
+     $18::TEXT[])";
+
+const UPDATE_ENROLLMENTS: &str = "UPDATE enrollments AS e SET amount_charged = u.amount_charged, \
+     amount_paid = u.amount_paid, amount_credited = u.amount_credited, \
+     amount_refunded = u.amount_refunded, amount_due = u.amount_due, \
+     payment_status = u.payment_status, access_status = u.access_status, status = u.status, \
+     version = u.version, updated_at = u.updated_at, last_hash = u.last_hash \
+     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
+     $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], \
+     $12::BIGINT[], $13::TEXT[], $14::BIGINT[]) \
+     AS u(user_id, course_id, amount_charged, amount_paid, amount_credited, amount_refunded, \
+     amount_due, payment_status, access_status, status, version, updated_at, last_hash, \
+     version_before) \
+     WHERE e.user_id = u.user_id AND e.course_id = u.course_id AND e.version = u.version_before";
+
+const INSERT_ENTRIES: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, \
+     currency, idempotency_key, fingerprint, reference, reason, created_at, snapshot, \
+     prev_hash, hash) \
+     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
+     $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], \
+     $13::TEXT[], $14::TEXT[])";
+
+/// One attempt at a batch: one transaction, a handful of statements.
+async fn execute_batch(
+    client: &mut Object,
+    requests: &[Request],
+    now: Timestamp,
+) -> Result<Vec<Outcome>, Failure> {
+    let lock = client.prepare_cached(LOCK_ENROLLMENTS).await?;
+    let load_stored = client.prepare_cached(LOAD_STORED).await?;
+    let transaction = client.transaction().await?;
+    let mut input = BatchInput::default();
+
+    let keys = enrollment_keys(requests);
+    let user_ids: Vec<&str> = keys.iter().map(|key| key.user_id.as_str()).collect();
+    let course_ids: Vec<&str> = keys.iter().map(|key| key.course_id.as_str()).collect();
+    for row in transaction.query(&lock, &[&user_ids, &course_ids]).await? {
+        let state = checked_state(&row)?;
+        input.states.insert(state.enrollment.key(), state);
+    }
+
+    // Only an existing enrollment can hold stored operations.
+    let wanted: Vec<(EnrollmentKey, IdempotencyKey)> = idempotency_keys(requests)
+        .into_iter()
+        .filter(|(key, _)| input.states.contains_key(key))
+        .collect();
+    if !wanted.is_empty() {
+        let user_ids: Vec<&str> = wanted.iter().map(|(key, _)| key.user_id.as_str()).collect();
+        let course_ids: Vec<&str> = wanted
+            .iter()
+            .map(|(key, _)| key.course_id.as_str())
+            .collect();
+        let idempotency: Vec<&str> = wanted.iter().map(|(_, key)| key.as_str()).collect();
+        for row in transaction
+            .query(&load_stored, &[&user_ids, &course_ids, &idempotency])
+            .await?
+        {
+            let key = row_key(&row, 12).map_err(StoreError::Internal)?;
+            let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
+            let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {
+                StoreError::Internal(format!("ledger entry {key} seq {} lost its key", entry.seq))
+            })?;
+            input.stored.insert(
+                (key, idempotency_key),
+                StoredOperation { fingerprint, entry },
+            );
+        }
+    }
+
+    let versions_before: HashMap<EnrollmentKey, u64> = input
+        .states
+        .iter()
+        .map(|(key, state)| (key.clone(), state.enrollment.version))
+        .collect();
+    let plan = plan_batch(input, requests, now);
+
+    let (mut created, mut updated): (Vec<&EnrollmentState>, Vec<&EnrollmentState>) = plan
+        .changed
+        .iter()
+        .partition(|state| !versions_before.contains_key(&state.enrollment.key()));
+    // Inserting in key order too keeps two batches that create the same
+    // enrollments from waiting on each other in a cycle.
+    created.sort_by_key(|state| state.enrollment.key());
+    updated.sort_by_key(|state| state.enrollment.key());
+    if !created.is_empty() {
+        insert_enrollments(&transaction, &created).await?;
+    }
+    if !updated.is_empty() {
+        update_enrollments(&transaction, &updated, &versions_before).await?;
+    }
+    if !plan.new_entries.is_empty() {
+        insert_entries(&transaction, &plan.new_entries).await?;
+    }
+    transaction.commit().await?;
+    Ok(plan.outcomes)
+}
+
+fn policy_columns(policy: &AccessPolicy) -> (&'static str, Option<i64>) {
+    match policy {
+        AccessPolicy::FullPayment => ("FULL_PAYMENT", None),
+        AccessPolicy::MinSettled { amount } => ("MIN_SETTLED", Some(amount.minor_units())),
+    }
+}
+
+async fn insert_enrollments(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    states: &[&EnrollmentState],
+) -> Result<(), Failure> {
+    let column = |get: fn(&EnrollmentState) -> i64| -> Vec<i64> {
+        states.iter().map(|state| get(state)).collect()
+    };
+    let user_ids: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.user_id.as_str())
+        .collect();
+    let course_ids: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.course_id.as_str())
+        .collect();
+    let currencies: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.currency.as_str())
+        .collect();
+    let payment_statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.payment_status.as_str())
+        .collect();
+    let policy_kinds: Vec<&str> = states
+        .iter()
+        .map(|state| policy_columns(&state.enrollment.access_policy).0)
+        .collect();
+    let policy_amounts: Vec<Option<i64>> = states
+        .iter()
+        .map(|state| policy_columns(&state.enrollment.access_policy).1)
+        .collect();
+    let access_statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.access_status.as_str())
+        .collect();
+    let statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.status.as_str())
+        .collect();
+    let last_hashes: Vec<String> = states
+        .iter()
+        .map(|state| state.last_hash.to_hex())
+        .collect();
+    let statement = transaction.prepare_cached(INSERT_ENROLLMENTS).await?;
+    transaction
+        .execute(
+            &statement,
+            &[
+                &user_ids,
+                &course_ids,
+                &currencies,
+                &column(|state| state.enrollment.price),
+                &column(|state| state.enrollment.amount_charged),
+                &column(|state| state.enrollment.amount_paid),
+                &column(|state| state.enrollment.amount_credited),
+                &column(|state| state.enrollment.amount_refunded),
+                &column(|state| state.enrollment.amount_due),
+                &payment_statuses,
+                &policy_kinds,
+                &policy_amounts,
+                &access_statuses,
+                &statuses,
+                &column(|state| state.enrollment.version as i64),
+                &column(|state| state.enrollment.created_at.unix_micros()),
+                &column(|state| state.enrollment.updated_at.unix_micros()),
+                &last_hashes,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn update_enrollments(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    states: &[&EnrollmentState],
+    versions_before: &HashMap<EnrollmentKey, u64>,
+) -> Result<(), Failure> {
+    let column = |get: fn(&EnrollmentState) -> i64| -> Vec<i64> {
+        states.iter().map(|state| get(state)).collect()
+    };
+    let user_ids: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.user_id.as_str())
+        .collect();
+    let course_ids: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.course_id.as_str())
+        .collect();
+    let payment_statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.payment_status.as_str())
+        .collect();
+    let access_statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.access_status.as_str())
+        .collect();
+    let statuses: Vec<&str> = states
+        .iter()
+        .map(|state| state.enrollment.status.as_str())
+        .collect();
+    let last_hashes: Vec<String> = states
+        .iter()
+        .map(|state| state.last_hash.to_hex())
+        .collect();
+    let before: Vec<i64> = states
+        .iter()
+        .map(|state| versions_before[&state.enrollment.key()] as i64)
+        .collect();
+    let statement = transaction.prepare_cached(UPDATE_ENROLLMENTS).await?;
+    let updated = transaction
+        .execute(
+            &statement,
+            &[
+                &user_ids,
+                &course_ids,
+                &column(|state| state.enrollment.amount_charged),
+                &column(|state| state.enrollment.amount_paid),
+                &column(|state| state.enrollment.amount_credited),
+                &column(|state| state.enrollment.amount_refunded),
+                &column(|state| state.enrollment.amount_due),
+                &payment_statuses,
+                &access_statuses,
+                &statuses,
+                &column(|state| state.enrollment.version as i64),
+                &column(|state| state.enrollment.updated_at.unix_micros()),
+                &last_hashes,
+                &before,
+            ],
+        )
+        .await?;
+    if updated != states.len() as u64 {
+        // The rows are locked, so on PostgreSQL this cannot happen; on a
+        // database whose locking is weaker it is a lost race, and the retry
+        // decides again on what is now there.
+        return Err(Failure {
+            error: StoreError::Unavailable(format!(
+                "{} of {} enrollments changed under the batch",
+                states.len() as u64 - updated,
+                states.len()
+            )),
+            transient: true,
+        });
+    }
+    Ok(())
+}
+
+async fn insert_entries(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    entries: &[(LedgerEntry, Hash)],
+) -> Result<(), Failure> {
+    let mut user_ids = Vec::with_capacity(entries.len());
+    let mut course_ids = Vec::with_capacity(entries.len());
+    let mut seqs = Vec::with_capacity(entries.len());
+    let mut kinds = Vec::with_capacity(entries.len());
+    let mut amounts = Vec::with_capacity(entries.len());
+    let mut currencies = Vec::with_capacity(entries.len());
+    let mut idempotency = Vec::with_capacity(entries.len());
+    let mut fingerprints = Vec::with_capacity(entries.len());
+    let mut references = Vec::with_capacity(entries.len());
+    let mut reasons = Vec::with_capacity(entries.len());
+    let mut created = Vec::with_capacity(entries.len());
+    let mut snapshots = Vec::with_capacity(entries.len());
+    let mut previous = Vec::with_capacity(entries.len());
+    let mut hashes = Vec::with_capacity(entries.len());
+    for (entry, fingerprint) in entries {
+        user_ids.push(entry.enrollment.user_id.as_str());
+        course_ids.push(entry.enrollment.course_id.as_str());
+        seqs.push(entry.seq as i64);
+        kinds.push(entry.kind.as_str());
+        amounts.push(entry.amount);
+        currencies.push(entry.currency.as_str());
+        idempotency.push(entry.idempotency_key.as_ref().map(IdempotencyKey::as_str));
+        fingerprints.push(fingerprint.to_hex());
+        references.push(entry.reference.as_ref().map(Reference::as_str));
+        reasons.push(entry.reason.as_ref().map(Reason::as_str));
+        created.push(entry.created_at.unix_micros());
+        snapshots.push(serde_json::to_string(&entry.enrollment).expect("an enrollment serializes"));
+        previous.push(entry.prev_hash.to_hex());
+        hashes.push(entry.hash.to_hex());
+    }
+    let statement = transaction.prepare_cached(INSERT_ENTRIES).await?;
+    transaction
+        .execute(
+            &statement,
+            &[
+                &user_ids,
+                &course_ids,
+                &seqs,
+                &kinds,
+                &amounts,
+                &currencies,
+                &idempotency,
+                &fingerprints,
+                &references,
+                &reasons,
+                &created,
+                &snapshots,
+                &previous,
+                &hashes,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// An enrollment row, parsed but not yet checked.
+fn parse_state(row: &Row) -> Result<EnrollmentState, String> {
+    let user_id: String = row.try_get(0).map_err(|error| error.to_string())?;
+    let course_id: String = row.try_get(1).map_err(|error| error.to_string())?;
+    let bad = |what: &str| format!("enrollment {user_id}/{course_id}: bad {what}");
+    let text = |index: usize, what: &str| -> Result<String, String> {
+        row.try_get::<_, String>(index).map_err(|_| bad(what))
+    };
+    let number = |index: usize, what: &str| -> Result<i64, String> {
+        row.try_get::<_, i64>(index).map_err(|_| bad(what))
+    };
+    let policy_amount: Option<i64> = row.try_get(11).map_err(|_| bad("policy amount"))?;
+    let access_policy = match text(10, "access policy")?.as_str() {
+        "FULL_PAYMENT" => AccessPolicy::FullPayment,
+        "MIN_SETTLED" => AccessPolicy::MinSettled {
+            amount: Price::new(i128::from(
+                policy_amount.ok_or_else(|| bad("policy amount"))?,
+            ))
+            .map_err(|_| bad("policy amount"))?,
+        },
+        _ => return Err(bad("access policy")),
+    };
+    let enrollment = Enrollment {
+        user_id: UserId::parse(&user_id).map_err(|_| bad("user_id"))?,
+        course_id: CourseId::parse(&course_id).map_err(|_| bad("course_id"))?,
+        currency: Currency::parse(&text(2, "currency")?).map_err(|_| bad("currency"))?,
+        price: number(3, "price")?,
+        amount_charged: number(4, "amount_charged")?,
+        amount_paid: number(5, "amount_paid")?,
+        amount_credited: number(6, "amount_credited")?,
+        amount_refunded: number(7, "amount_refunded")?,
+        amount_due: number(8, "amount_due")?,
+        payment_status: PaymentStatus::parse(&text(9, "payment_status")?)
+            .ok_or_else(|| bad("payment_status"))?,
+        access_policy,
+        access_status: AccessStatus::parse(&text(12, "access_status")?)
+            .ok_or_else(|| bad("access_status"))?,
+        status: EnrollmentStatus::parse(&text(13, "status")?).ok_or_else(|| bad("status"))?,
+        version: u64::try_from(number(14, "version")?).map_err(|_| bad("version"))?,
+        created_at: Timestamp::from_unix_micros(number(15, "created_at")?),
+        updated_at: Timestamp::from_unix_micros(number(16, "updated_at")?),
+    };
+    let last_hash = Hash::from_hex(&text(17, "last_hash")?).ok_or_else(|| bad("last_hash"))?;
+    Ok(EnrollmentState {
+        enrollment,
+        last_hash,
+    })
+}
+
+/// Parses a row and asserts the money invariants on what was read back: a
+/// broken one is corruption or a bug, never something to serve or build on.
+fn checked_state(row: &Row) -> Result<EnrollmentState, StoreError> {
+    let state = parse_state(row).map_err(StoreError::Internal)?;
+    state.enrollment.check().map_err(|broken| {
+        StoreError::Internal(format!(
+            "enrollment {} breaks an invariant: {broken}",
+            state.enrollment.key()
+        ))
+    })?;
+    Ok(state)
+}
+
+/// The enrollment key in columns `first` and `first + 1`.
+fn row_key(row: &Row, first: usize) -> Result<EnrollmentKey, String> {
+    let user_id: String = row.try_get(first).map_err(|error| error.to_string())?;
+    let course_id: String = row.try_get(first + 1).map_err(|error| error.to_string())?;
+    Ok(EnrollmentKey {
+        user_id: UserId::parse(&user_id).map_err(|_| format!("bad stored user_id {user_id:?}"))?,
+        course_id: CourseId::parse(&course_id)
+            .map_err(|_| format!("bad stored course_id {course_id:?}"))?,
+    })
+}
+
+/// A ledger row (`ENTRY_COLUMNS` from column `first` on) and the fingerprint
+/// of the request that produced it.
+fn parse_entry(
+    key: &EnrollmentKey,
+    row: &Row,
+    first: usize,
+) -> Result<(LedgerEntry, Hash), String> {
+    let seq: i64 = row.try_get(first).map_err(|error| error.to_string())?;
+    let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
+    let text = |index: usize, what: &str| -> Result<String, String> {
+        row.try_get::<_, String>(first + index)
+            .map_err(|_| bad(what))
+    };
+    let optional = |index: usize, what: &str| -> Result<Option<String>, String> {
+        row.try_get::<_, Option<String>>(first + index)
+            .map_err(|_| bad(what))
+    };
+    let number = |index: usize, what: &str| -> Result<i64, String> {
+        row.try_get::<_, i64>(first + index).map_err(|_| bad(what))
+    };
+    let entry = LedgerEntry {
+        seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
+        kind: EntryKind::parse(&text(1, "kind")?).ok_or_else(|| bad("kind"))?,
+        amount: number(2, "amount")?,
+        currency: Currency::parse(&text(3, "currency")?).map_err(|_| bad("currency"))?,
+        idempotency_key: optional(4, "idempotency_key")?
+            .map(|text| IdempotencyKey::parse(&text))
+            .transpose()
+            .map_err(|_| bad("idempotency_key"))?,
+        reference: optional(6, "reference")?
+            .map(|text| Reference::parse(&text))
+            .transpose()
+            .map_err(|_| bad("reference"))?,
+        reason: optional(7, "reason")?
+            .map(|text| Reason::parse(&text))
+            .transpose()
+            .map_err(|_| bad("reason"))?,
+        created_at: Timestamp::from_unix_micros(number(8, "created_at")?),
+        enrollment: serde_json::from_str(&text(9, "snapshot")?)
+            .map_err(|error| bad(&format!("snapshot ({error})")))?,
+        prev_hash: Hash::from_hex(&text(10, "prev_hash")?).ok_or_else(|| bad("prev_hash"))?,
+        hash: Hash::from_hex(&text(11, "hash")?).ok_or_else(|| bad("hash"))?,
+    };
+    let fingerprint = Hash::from_hex(&text(5, "fingerprint")?).ok_or_else(|| bad("fingerprint"))?;
+    Ok((entry, fingerprint))
+}
+
+/// The audit over one snapshot: every key that has an enrollment or a ledger
+/// entry, a chunk of keys at a time.
+async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport {
+        ok: true,
+        enrollments: 0,
+        entries: 0,
+        disagreements: Vec::new(),
+    };
+    let keys: Vec<(String, String)> = transaction
+        .query(
+            "SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(read_error)?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(read_error)?;
+    let enrollments_statement = transaction
+        .prepare(&format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments \
+             WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]))"
+        ))
+        .await
+        .map_err(read_error)?;
+    let entries_statement = transaction
+        .prepare(&format!(
+            "SELECT {ENTRY_COLUMNS}, user_id, course_id FROM ledger \
+             WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+             ORDER BY user_id, course_id, seq"
+        ))
+        .await
+        .map_err(read_error)?;
+    for chunk in keys.chunks(AUDIT_ENROLLMENTS_PER_QUERY) {
+        let user_ids: Vec<&str> = chunk.iter().map(|(user, _)| user.as_str()).collect();
+        let course_ids: Vec<&str> = chunk.iter().map(|(_, course)| course.as_str()).collect();
+        let mut stored: HashMap<(String, String), Result<EnrollmentState, String>> = HashMap::new();
+        for row in transaction
+            .query(&enrollments_statement, &[&user_ids, &course_ids])
+            .await
+            .map_err(read_error)?
+        {
+            let user_id: String = row.try_get(0).map_err(read_error)?;
+            let course_id: String = row.try_get(1).map_err(read_error)?;
+            stored.insert((user_id, course_id), parse_state(&row));
+        }
+        let mut entry_rows: HashMap<(String, String), Vec<Row>> = HashMap::new();
+        for row in transaction
+            .query(&entries_statement, &[&user_ids, &course_ids])
+            .await
+            .map_err(read_error)?
+        {
+            let user_id: String = row.try_get(12).map_err(read_error)?;
+            let course_id: String = row.try_get(13).map_err(read_error)?;
+            entry_rows
+                .entry((user_id, course_id))
+                .or_default()
+                .push(row);
+        }
+        for (user_id, course_id) in chunk {
+            let ids = (user_id.clone(), course_id.clone());
+            let (Ok(parsed_user), Ok(parsed_course)) =
+                (UserId::parse(user_id), CourseId::parse(course_id))
+            else {
+                report.disagreements.push(Disagreement {
+                    user_id: user_id.clone(),
+                    course_id: course_id.clone(),
+                    seq: None,
+                    problem: "the stored ids are not valid ids".into(),
+                });
+                report.ok = false;
+                continue;
+            };
+            let key = EnrollmentKey {
+                user_id: parsed_user,
+                course_id: parsed_course,
+            };
+            let mut problems = Vec::new();
+            let state = match stored.remove(&ids) {
+                None => None,
+                Some(Ok(state)) => Some(state),
+                Some(Err(problem)) => {
+                    problems.push(problem);
+                    None
+                }
+            };
+            let mut entries = Vec::new();
+            for row in entry_rows.remove(&ids).unwrap_or_default() {
+                match parse_entry(&key, &row, 0) {
+                    Ok((entry, _)) => entries.push(entry),
+                    Err(problem) => problems.push(problem),
+                }
+            }
+            if let Some(state) = &state
+                && entries
+                    .last()
+                    .is_some_and(|last| last.hash != state.last_hash)
+            {
+                problems.push(format!(
+                    "the enrollment's last_hash {} is not its newest entry's hash",
+                    state.last_hash
+                ));
+            }
+            audit_one(
+                &key,
+                &entries,
+                state.as_ref().map(|state| &state.enrollment),
+                &mut report,
+            );
+            for problem in problems {
+                report.disagreements.push(Disagreement {
+                    user_id: user_id.clone(),
+                    course_id: course_id.clone(),
+                    seq: None,
+                    problem,
+                });
+            }
+            report.ok = report.disagreements.is_empty();
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_password("postgres://bursar:s3cret@db.example:5432/bursar?sslmode=require"),
+            "postgres://bursar:***@db.example:5432/bursar?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgresql://db/bursar?user=a&password=s3cret"),
+            "postgresql://db/bursar?user=a&password=***"
+        );
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_by_bursar() {
+        let options = PostgresOptions::parse(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x",
+        )
+        .expect("parses");
+        assert_eq!(options.tls_mode(), TlsMode::VerifyFull);
+        assert_eq!(
+            options.root_certificates.as_deref(),
+            Some(Path::new("/tmp/ca.pem"))
+        );
+        assert_eq!(options.config.get_application_name(), Some("x"));
+        assert_eq!(options.config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+
+        let options = PostgresOptions::parse("postgresql://u@h/db").expect("parses");
+        assert_eq!(options.tls_mode(), TlsMode::Prefer);
+        assert_eq!(options.config.get_application_name(), Some("bursar"));
+
+        assert!(matches!(
+            PostgresOptions::parse("postgres://u@h/db?sslmode=sometimes"),
+            Err(StoreError::Config(_))
+        ));
+        assert!(matches!(
+            PostgresOptions::parse("postgres://u:secret@h/db?no_such_option=1"),
+            Err(StoreError::Config(message)) if !message.contains("secret")
+        ));
+    }
+
+    #[test]
+    fn every_tls_mode_builds_a_connector() {
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            let options = PostgresOptions::parse(&format!("postgres://u@h/db?sslmode={mode}"))
+                .expect("parses");
+            assert!(options.tls().is_ok(), "{mode}");
+        }
+    }
+
+    fn enroll(user: &str, course: &str, price: i64) -> Request {
+        Request {
+            key: key(user, course),
+            idempotency_key: None,
+            command: bursar_core::Command::Enroll(bursar_core::EnrollTerms {
+                currency: Currency::parse("USD").expect("currency"),
+                price: Price::new(i128::from(price)).expect("price"),
+                access_policy: AccessPolicy::FullPayment,
+            }),
+        }
+    }
+
+    fn pay(user: &str, course: &str, idempotency_key: &str, amount: i64) -> Request {
+        Request {
+            key: key(user, course),
+            idempotency_key: Some(IdempotencyKey::parse(idempotency_key).expect("key")),
+            command: bursar_core::Command::Payment {
+                amount: bursar_core::Amount::new(i128::from(amount)).expect("amount"),
+                currency: None,
+                reference: None,
+            },
+        }
+    }
+
+    fn key(user: &str, course: &str) -> EnrollmentKey {
+        EnrollmentKey {
+            user_id: UserId::parse(user).expect("user id"),
+            course_id: CourseId::parse(course).expect("course id"),
+        }
+    }
+
+    async fn open(url: &str) -> PostgresStore {
+        PostgresStore::open(PostgresOptions::parse(url).expect("url"))
+            .await
+            .expect("open")
+    }
+
+    /// Three processes starting at once on an empty database: the
+    /// migrations run once, and every store works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_concurrent_starts_migrate_once() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let database = crate::testing::PostgresTestDb::create();
+        let url = database.url().to_owned();
+        let opening: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { open(&url).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for task in opening {
+            stores.push(task.await.expect("open task"));
+        }
+        let client = stores[0].connection().await.expect("connection");
+        let versions: Vec<i64> = client
+            .query(
+                "SELECT version FROM bursar_schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .expect("versions")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let expected: Vec<i64> = (0..=MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions, expected);
+        // Opening again applies nothing and fails nothing.
+        open(&url).await;
+        for store in &stores {
+            store.ping().await.expect("ping");
+        }
+    }
+
+    /// Two processes creating the same new enrollment and paying into it with
+    /// the same key at once: one insert loses on the unique key, its batch is
+    /// retried, and the retry replays instead of applying twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_racing_inserts_are_retried_and_replayed() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let database = crate::testing::PostgresTestDb::create();
+        let first = open(database.url()).await;
+        let second = open(database.url()).await;
+        let now = Timestamp::from_unix_micros(1_788_253_200_000_000);
+        for round in 0..20 {
+            let course = format!("course-{round}");
+            let batch = vec![
+                enroll("alice", &course, 10_000),
+                pay("alice", &course, "k1", 2_500),
+            ];
+            let (one, two) = tokio::join!(
+                first.execute(batch.clone(), now),
+                second.execute(batch, now)
+            );
+            let (one, two) = (one.expect("first batch"), two.expect("second batch"));
+            let accepted = [&one[1], &two[1]]
+                .iter()
+                .filter(|outcome| matches!(outcome, Outcome::Accepted(_)))
+                .count();
+            let replayed = [&one[1], &two[1]]
+                .iter()
+                .filter(|outcome| matches!(outcome, Outcome::Replayed(_)))
+                .count();
+            assert_eq!((accepted, replayed), (1, 1), "{one:?} {two:?}");
+            let enrollment = first
+                .enrollment(&key("alice", &course))
+                .await
+                .expect("read")
+                .expect("exists");
+            assert_eq!(enrollment.amount_paid, 2_500);
+            assert_eq!(
+                first
+                    .ledger(&key("alice", &course), 0, 100)
+                    .await
+                    .expect("ledger")
+                    .len(),
+                2
+            );
+        }
+        let report = second.audit().await.expect("audit");
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.enrollments, 20);
+    }
+
+    /// Batches from several stores locking overlapping enrollments in
+    /// different request orders never deadlock and never lose a payment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_overlapping_batches_lock_in_key_order() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let database = crate::testing::PostgresTestDb::create();
+        let stores = [
+            open(database.url()).await,
+            open(database.url()).await,
+            open(database.url()).await,
+        ];
+        let now = Timestamp::from_unix_micros(1_788_253_200_000_000);
+        let courses = ["a", "b", "c", "d", "e"];
+        let setup: Vec<Request> = courses
+            .iter()
+            .map(|course| enroll("u", course, 1_000_000))
+            .collect();
+        stores[0].execute(setup, now).await.expect("enroll");
+        let mut tasks = Vec::new();
+        for worker in 0..6 {
+            let store = stores[worker % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..10 {
+                    // Each worker names the enrollments in its own order.
+                    let mut order: Vec<&str> = courses.to_vec();
+                    order.rotate_left((worker + round) % courses.len());
+                    if worker % 2 == 1 {
+                        order.reverse();
+                    }
+                    let batch: Vec<Request> = order
+                        .iter()
+                        .map(|course| pay("u", course, &format!("w{worker}-r{round}-{course}"), 10))
+                        .collect();
+                    let outcomes = store.execute(batch, now).await.expect("batch");
+                    assert!(
+                        outcomes
+                            .iter()
+                            .all(|outcome| matches!(outcome, Outcome::Accepted(_)))
+                    );
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("worker");
+        }
+        for course in courses {
+            let enrollment = stores[1]
+                .enrollment(&key("u", course))
+                .await
+                .expect("read")
+                .expect("exists");
+            assert_eq!(enrollment.amount_paid, 6 * 10 * 10, "{course}");
+        }
+        assert!(stores[2].audit().await.expect("audit").ok);
+    }
+
+    /// The local server's certificate is self-signed: `require` encrypts
+    /// without checking it, as libpq does, and `verify-full` against the
+    /// public roots refuses it rather than falling back to plain text.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_sslmode_require_encrypts_and_verify_full_verifies() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let admin = PostgresOptions::parse(&crate::testing::postgres_admin_url()).expect("url");
+        let client = admin.connect().await.expect("connect");
+        let server_ssl: String = client
+            .query_one("SHOW ssl", &[])
+            .await
+            .expect("show ssl")
+            .get(0);
+        if server_ssl != "on"
+            || admin
+                .config
+                .get_hosts()
+                .iter()
+                .any(|host| !matches!(host, tokio_postgres::config::Host::Tcp(_)))
+        {
+            return;
+        }
+        let url = crate::testing::postgres_admin_url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let require =
+            PostgresOptions::parse(&format!("{url}{separator}sslmode=require")).expect("url");
+        let client = require
+            .connect()
+            .await
+            .expect("connect with sslmode=require");
+        let encrypted: bool = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0);
+        assert!(encrypted);
+        let verify =
+            PostgresOptions::parse(&format!("{url}{separator}sslmode=verify-full")).expect("url");
+        let refused = verify
+            .connect()
+            .await
+            .expect_err("a self-signed certificate");
+        assert!(refused.to_string().contains("certificate"), "{refused}");
+    }
+
+    #[test]
+    fn backoff_stays_within_its_bounds() {
+        for retry in 1..40 {
+            let pause = backoff(retry);
+            assert!(pause <= RETRY_BACKOFF_MAX, "{pause:?}");
+            let bound = RETRY_BACKOFF_BASE.saturating_mul(1 << (retry - 1).min(16));
+            assert!(pause <= bound, "{pause:?} > {bound:?}");
+        }
+    }
+}

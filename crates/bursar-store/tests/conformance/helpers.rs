@@ -14,6 +14,19 @@ use bursar_store::Store;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Whether this backend's tests can run here. PostgreSQL may be missing
+    /// on a laptop: its tests then pass without running, after one line
+    /// saying how to enable them; under `CI=true` they fail instead.
+    pub fn available(self) -> bool {
+        match self {
+            Backend::Sqlite => true,
+            Backend::Postgres => bursar_store::testing::postgres_available(),
+        }
+    }
 }
 
 /// A database of its own for one test, removed when dropped. The URL is
@@ -22,6 +35,7 @@ pub struct TestDb {
     backend: Backend,
     url: String,
     _dir: Option<tempfile::TempDir>,
+    postgres: Option<bursar_store::testing::PostgresTestDb>,
 }
 
 impl TestDb {
@@ -36,6 +50,18 @@ impl TestDb {
                     backend,
                     url: url.clone(),
                     _dir: Some(dir),
+                    postgres: None,
+                };
+                (url, db)
+            }
+            Backend::Postgres => {
+                let database = bursar_store::testing::PostgresTestDb::create();
+                let url = database.url().to_owned();
+                let db = TestDb {
+                    backend,
+                    url: url.clone(),
+                    _dir: None,
+                    postgres: Some(database),
                 };
                 (url, db)
             }
@@ -61,6 +87,20 @@ impl TestDb {
                     ))
                     .expect("create the failing trigger");
             }
+            Backend::Postgres => {
+                self.postgres
+                    .as_ref()
+                    .expect("a PostgreSQL test database")
+                    .execute(&format!(
+                        "CREATE FUNCTION injected_failure() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                         BEGIN \
+                             IF NEW.reason = '{reason}' THEN RAISE EXCEPTION 'injected failure'; END IF; \
+                             RETURN NEW; \
+                         END $$; \
+                         CREATE TRIGGER injected_failure BEFORE INSERT ON ledger \
+                         FOR EACH ROW EXECUTE FUNCTION injected_failure();"
+                    ));
+            }
         }
     }
 }
@@ -73,17 +113,21 @@ pub async fn fresh_store(backend: Backend) -> (Store, String, TestDb) {
 }
 
 /// Runs each named `async fn name(backend: Backend)` of the calling module
-/// once per backend, as `sqlite::name` (and so on for every backend).
+/// once per backend, as `sqlite::name` and `postgres::name`.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         $crate::conformance!(@backend sqlite, Sqlite, $($name),*);
+        $crate::conformance!(@backend postgres, Postgres, $($name),*);
     };
     (@backend $module:ident, $variant:ident, $($name:ident),*) => {
         mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
+                    if !$crate::helpers::Backend::$variant.available() {
+                        return;
+                    }
                     super::$name($crate::helpers::Backend::$variant).await
                 }
             )*

@@ -912,6 +912,18 @@ impl PostgresStore {
     /// Whether the database answers, within a few seconds; for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let answer = tokio::time::timeout(PING_TIMEOUT, async {
+            // A pooled connection can die with a database restart a moment
+            // before the pool notices; a second try, on a fresh connection,
+            // tells whether the database itself answers.
+            let client = self.connection().await?;
+            let Err(error) = client.simple_query("SELECT 1").await else {
+                return Ok(());
+            };
+            let failure = classify(&error);
+            if !failure.transient {
+                return Err(failure.error);
+            }
+            let _ = Object::take(client);
             let client = self.connection().await?;
             client.simple_query("SELECT 1").await.map_err(read_error)?;
             Ok::<(), StoreError>(())

@@ -11,4 +11,5 @@ mod cli;
 mod crash;
 mod many_servers;
 mod operations;
+mod pg_fault;
 mod scenarios;

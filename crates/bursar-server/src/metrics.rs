@@ -61,10 +61,12 @@ impl Histogram {
     }
 }
 
+/// Route → (method, status) → count. Looked up by `&str`, so counting a
+/// request allocates nothing once its route has been seen.
+type RequestCounts = BTreeMap<String, BTreeMap<(&'static str, u16), u64>>;
+
 pub struct Metrics {
-    /// Route → (method, status) → count. Looked up by `&str`, so counting a
-    /// request allocates nothing once its route has been seen.
-    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
+    requests: Mutex<RequestCounts>,
     request_seconds: Histogram,
     batch_operations: Histogram,
     commit_seconds: Histogram,

@@ -79,6 +79,16 @@ impl DatabaseUrl {
     }
 }
 
+/// The database URL as it may be shown in messages and logs: a PostgreSQL
+/// password is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::redact_password(url)
+    } else {
+        url.to_owned()
+    }
+}
+
 /// The storage of one bursar deployment.
 #[derive(Clone)]
 pub enum Store {

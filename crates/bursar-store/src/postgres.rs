@@ -489,7 +489,7 @@ impl ServerCertVerifier for ChainOnly {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, and
 /// likewise a `password=` parameter.
-fn redact_password(url: &str) -> String {
+pub(crate) fn redact_password(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

@@ -321,7 +321,15 @@ impl SqliteStore {
     }
 
     pub async fn audit(&self) -> Result<AuditReport, StoreError> {
-        self.read(audit).await
+        self.read(|connection| {
+            // One read transaction: the audit sees one consistent snapshot,
+            // however many batches commit while it runs.
+            let snapshot = connection.unchecked_transaction().map_err(map_error)?;
+            let report = audit(&snapshot)?;
+            snapshot.finish().map_err(map_error)?;
+            Ok(report)
+        })
+        .await
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

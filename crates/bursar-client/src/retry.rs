@@ -34,14 +34,16 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// Eight attempts within thirty seconds, delays from up to 50 ms growing
     /// to up to 2 s: long enough to ride out a server restart or a full write
-    /// queue, short enough that a caller learns of an outage quickly.
+    /// queue, short enough that a caller learns of an outage quickly. An
+    /// attempt waits 15 s, longer than the 10 s after which bursar itself
+    /// answers a stuck request with a 503, so that answer arrives first.
     fn default() -> RetryPolicy {
         RetryPolicy {
             attempts_max: 8,
             delay_initial: Duration::from_millis(50),
             delay_max: Duration::from_secs(2),
             elapsed_max: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(15),
         }
     }
 }

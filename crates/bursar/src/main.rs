@@ -1,4 +1,7 @@
-//! The `bursar` command line: `serve`, `audit`, `token`, `backup`, `migrate`.
+//! The `bursar` command line: `serve`, `load-test`, `audit`, `token`, `backup`,
+//! `migrate`.
+
+mod load_test;
 
 use anyhow::{Context, bail};
 use bursar_server::App;
@@ -52,6 +55,10 @@ enum Commands {
         #[arg(long, env = "BURSAR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Pay into one or many enrollments from many concurrent clients, then
+    /// report throughput and latency and check that every acknowledged
+    /// payment counts exactly once. Exits 1 if the check fails.
+    LoadTest(load_test::LoadTestArgs),
     /// Replay every enrollment's ledger, verify every hash chain, and name
     /// each disagreement. Exits 1 if there is any.
     Audit {
@@ -218,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("backed up to {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
+        Commands::LoadTest(args) => load_test::run(args).await,
         Commands::Migrate { database } => {
             Store::open(&database.database).await?;
             println!("{} is migrated", database.database);

@@ -9,6 +9,7 @@ mod bad_input;
 mod batch;
 mod cli;
 mod crash;
+mod load_test;
 mod many_servers;
 mod operations;
 mod pg_fault;

@@ -1,0 +1,1607 @@
+//! `bursar load-test`: concurrent clients paying into one or many enrollments
+//! through bursar-client, with a live progress bar; then throughput, an HDR
+//! latency histogram, error counts by code, and a verdict that the money adds
+//! up: every enrollment's `amount_paid` is the sum of its acknowledged
+//! payments, its ledger holds each acknowledged key exactly once, and the
+//! audit is clean.
+//!
+//! Every payment `i` of a run is fully determined by the run id, the seed and
+//! `i`: its idempotency key (`RUN-i`), its enrollment (`i mod K`) and its
+//! amount. A retry therefore always resends the identical request, and the
+//! verdict can recompute what each acknowledged key should have paid.
+
+use anyhow::{Context, bail};
+use bursar_client::retry::splitmix64;
+use bursar_client::{
+    BATCH_OPERATIONS_MAX, BatchCommand, BatchDetail, BatchOperation, BatchRequest, BatchResponse,
+    Client, EnrollRequest, Outcome, PaymentRequest, Receipt, RetryPolicy,
+};
+use bursar_core::money::OPERATION_AMOUNT_MAX;
+use bursar_core::{
+    Amount, CourseId, Currency, EnrollmentKey, EntryKind, IdempotencyKey, Price, UserId,
+};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Payments of a run given neither `--payments` nor `--duration`.
+const PAYMENTS_DEFAULT: u64 = 10_000;
+
+/// Every enrollment of a run has the largest price there is, so that no
+/// planned payment is ever an overpayment.
+const ENROLLMENT_PRICE: i64 = OPERATION_AMOUNT_MAX;
+
+/// How long unknown outcomes are resent (with their keys) before the verdict
+/// gives up on them.
+const RECONCILE_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// Ledger entries read per page when checking: the server's largest page.
+const LEDGER_PAGE_ENTRIES: u32 = 1_000;
+
+/// Enrollments checked at once by the verdict.
+const VERIFY_CONCURRENCY_MAX: usize = 16;
+
+/// Latencies are recorded in microseconds, up to an hour, to three
+/// significant digits.
+const LATENCY_MICROS_MAX: u64 = 3_600_000_000;
+
+/// How long a spawned server may take to start listening, and to stop.
+const SPAWN_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug)]
+pub struct LoadTestArgs {
+    /// The bursar service to load (not with --spawn).
+    #[arg(
+        long,
+        env = "BURSAR_URL",
+        default_value = "http://127.0.0.1:8080",
+        conflicts_with = "spawn"
+    )]
+    url: String,
+    /// A bearer token: writer role for the load, admin for the verdict's
+    /// audit.
+    #[arg(long, env = "BURSAR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Start a private `bursar serve` on a temporary SQLite file first, load
+    /// it, report its peak memory, and stop it after.
+    #[arg(long)]
+    spawn: bool,
+    /// Concurrent clients, each with one request in flight at a time.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    clients: u32,
+    /// Payments to make in all (the default is 10,000).
+    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    payments: Option<u64>,
+    /// Pay for this many seconds instead of a number of payments.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Enrollments to spread the payments over; 1 is one hot enrollment.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    enrollments: u32,
+    /// Payments per request: 1 posts each to …/payments, more go together
+    /// to /v1/batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=BATCH_OPERATIONS_MAX as i64))]
+    batch_size: u32,
+    /// Send this share of requests twice at once, with the same keys.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    duplicate_percent: u8,
+    /// The smallest payment, in minor units.
+    #[arg(long, default_value_t = 100)]
+    amount_min: i64,
+    /// The largest payment, in minor units.
+    #[arg(long, default_value_t = 10_000)]
+    amount_max: i64,
+    /// Seeds the amounts, the duplicates and the retry jitter (random by
+    /// default; the report shows it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the report as one JSON document on stdout, and no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What every payment of the run is: derived, never stored.
+struct Plan {
+    run_id: String,
+    seed: u64,
+    enrollments: Vec<EnrollmentKey>,
+    amount_min: i64,
+    amount_span: u64,
+    duplicate_percent: u64,
+    batch_size: u64,
+    /// `None` when the run is bounded by time.
+    payments: Option<u64>,
+}
+
+impl Plan {
+    fn enrollment_of(&self, index: u64) -> usize {
+        (index % self.enrollments.len() as u64) as usize
+    }
+
+    fn amount_of(&self, index: u64) -> i64 {
+        let drawn = splitmix64(self.seed ^ splitmix64(index)) % self.amount_span;
+        self.amount_min + drawn as i64
+    }
+
+    fn key_of(&self, index: u64) -> IdempotencyKey {
+        IdempotencyKey::parse(&format!("{}-{index}", self.run_id))
+            .expect("a run id and a number make a valid idempotency key")
+    }
+
+    fn index_of_key(&self, key: &str) -> Option<u64> {
+        key.strip_prefix(self.run_id.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+
+    fn payment_of(&self, index: u64) -> PaymentRequest {
+        PaymentRequest::new(
+            Amount::new(i128::from(self.amount_of(index))).expect("amounts are checked up front"),
+        )
+    }
+
+    /// Whether the request whose first payment is `index` is sent twice.
+    fn is_duplicated(&self, index: u64) -> bool {
+        splitmix64(self.seed.rotate_left(29) ^ splitmix64(index)) % 100 < self.duplicate_percent
+    }
+}
+
+/// Sets of payment indices kept as runs of consecutive numbers: a batch's
+/// payments are consecutive, so millions of them take little memory.
+#[derive(Default, Debug)]
+struct Runs {
+    runs: Vec<(u64, u64)>,
+    count: u64,
+}
+
+impl Runs {
+    fn push(&mut self, index: u64) {
+        self.count += 1;
+        if let Some(last) = self.runs.last_mut()
+            && last.1 == index
+        {
+            last.1 += 1;
+            return;
+        }
+        self.runs.push((index, index + 1));
+    }
+
+    fn append(&mut self, other: Runs) {
+        self.count += other.count;
+        self.runs.extend(other.runs);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.iter().flat_map(|&(start, end)| start..end)
+    }
+
+    fn max_end(&self) -> u64 {
+        self.runs.iter().map(|run| run.1).max().unwrap_or(0)
+    }
+}
+
+/// The final word on one payment.
+enum Settled {
+    Acknowledged { replays: u64 },
+    Refused(String),
+    Unknown(String),
+}
+
+/// Merges the answers to a request sent once or twice: acknowledged if any
+/// answer says so; unknown if any is unknown (the other may be a refusal
+/// that raced the application); refused only if every answer refused.
+fn settle(outcomes: &[Outcome<bool>]) -> Settled {
+    let mut acknowledged = false;
+    let mut replays = 0;
+    let mut unknown = None;
+    let mut refused = None;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Succeeded(replayed) => {
+                acknowledged = true;
+                replays += u64::from(*replayed);
+            }
+            Outcome::Refused { code, .. } => refused = Some(code.clone()),
+            Outcome::Unknown(reason) => unknown = Some(reason.clone()),
+        }
+    }
+    if acknowledged {
+        Settled::Acknowledged { replays }
+    } else if let Some(reason) = unknown {
+        Settled::Unknown(reason)
+    } else {
+        Settled::Refused(refused.unwrap_or_default())
+    }
+}
+
+/// What one client saw; merged after the load.
+struct Tally {
+    latency_micros: Histogram<u64>,
+    requests: u64,
+    duplicate_requests: u64,
+    replays: u64,
+    acknowledged: Runs,
+    refused: BTreeMap<String, u64>,
+    unknown: Vec<u64>,
+    unknown_reason: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency_micros: Histogram::new_with_bounds(1, LATENCY_MICROS_MAX, 3)
+                .expect("valid histogram bounds"),
+            requests: 0,
+            duplicate_requests: 0,
+            replays: 0,
+            acknowledged: Runs::default(),
+            refused: BTreeMap::new(),
+            unknown: Vec::new(),
+            unknown_reason: None,
+        }
+    }
+
+    fn record_latency(&mut self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_micros.saturating_record(micros.max(1));
+    }
+
+    fn settle(&mut self, index: u64, settled: Settled) {
+        match settled {
+            Settled::Acknowledged { replays } => {
+                self.replays += replays;
+                self.acknowledged.push(index);
+            }
+            Settled::Refused(code) => *self.refused.entry(code).or_default() += 1,
+            Settled::Unknown(reason) => {
+                self.unknown.push(index);
+                self.unknown_reason.get_or_insert(reason);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency_micros
+            .add(&other.latency_micros)
+            .expect("histograms of the same bounds add");
+        self.requests += other.requests;
+        self.duplicate_requests += other.duplicate_requests;
+        self.replays += other.replays;
+        self.acknowledged.append(other.acknowledged);
+        for (code, count) in other.refused {
+            *self.refused.entry(code).or_default() += count;
+        }
+        self.unknown.extend(other.unknown);
+        if self.unknown_reason.is_none() {
+            self.unknown_reason = other.unknown_reason;
+        }
+    }
+}
+
+/// What the clients share during the load: a few atomics, nothing locked.
+struct Shared {
+    plan: Plan,
+    client: Client,
+    /// The next payment index to claim.
+    next: AtomicU64,
+    deadline: Option<Instant>,
+    /// Payments answered so far, and how many of them were acknowledged:
+    /// the progress bar's only inputs.
+    answered: AtomicU64,
+    acknowledged: AtomicU64,
+}
+
+impl Shared {
+    /// Claims the next request's payments: `start..end`, or `None` when the
+    /// run is over.
+    fn claim(&self) -> Option<(u64, u64)> {
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return None;
+        }
+        let start = self.next.fetch_add(self.plan.batch_size, Ordering::Relaxed);
+        let end = start + self.plan.batch_size;
+        match self.plan.payments {
+            Some(limit) if start >= limit => None,
+            Some(limit) => Some((start, end.min(limit))),
+            None => Some((start, end)),
+        }
+    }
+}
+
+async fn timed<T>(future: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let value = future.await;
+    (value, started.elapsed())
+}
+
+/// One client: claims payments and sends them, one request at a time.
+async fn run_client(shared: Arc<Shared>) -> Tally {
+    let mut tally = Tally::new();
+    while let Some((start, end)) = shared.claim() {
+        let duplicated = shared.plan.is_duplicated(start);
+        let sends = if duplicated { 2 } else { 1 };
+        tally.requests += sends;
+        tally.duplicate_requests += sends - 1;
+        let acknowledged_before = tally.acknowledged.count;
+        if shared.plan.batch_size == 1 {
+            pay_one(&shared, start, duplicated, &mut tally).await;
+        } else {
+            pay_batch(&shared, start, end, duplicated, &mut tally).await;
+        }
+        shared.acknowledged.fetch_add(
+            tally.acknowledged.count - acknowledged_before,
+            Ordering::Relaxed,
+        );
+        shared.answered.fetch_add(end - start, Ordering::Relaxed);
+    }
+    tally
+}
+
+fn receipt_outcome(outcome: Outcome<Receipt>) -> Outcome<bool> {
+    outcome.map(|receipt| receipt.replayed)
+}
+
+async fn pay_one(shared: &Shared, index: u64, duplicated: bool, tally: &mut Tally) {
+    let plan = &shared.plan;
+    let enrollment = &plan.enrollments[plan.enrollment_of(index)];
+    let key = plan.key_of(index);
+    let payment = plan.payment_of(index);
+    let send = || timed(shared.client.payment_receipt(enrollment, &key, &payment));
+    let settled = if duplicated {
+        let ((first, first_latency), (second, second_latency)) = tokio::join!(send(), send());
+        tally.record_latency(first_latency);
+        tally.record_latency(second_latency);
+        settle(&[receipt_outcome(first), receipt_outcome(second)])
+    } else {
+        let (outcome, latency) = send().await;
+        tally.record_latency(latency);
+        settle(&[receipt_outcome(outcome)])
+    };
+    tally.settle(index, settled);
+}
+
+/// The outcome of each operation of a batch, from the batch's own outcome.
+fn batch_outcomes(outcome: &Outcome<BatchResponse>, count: usize) -> Vec<Outcome<bool>> {
+    match outcome {
+        Outcome::Succeeded(response) if response.results.len() == count => response
+            .results
+            .iter()
+            .map(|result| {
+                if result.status == 201 {
+                    Outcome::Succeeded(result.replayed)
+                } else if (400..500).contains(&result.status) {
+                    Outcome::Refused {
+                        status: result.status,
+                        code: result.error_code().unwrap_or("UNKNOWN_CODE").to_owned(),
+                        message: String::new(),
+                    }
+                } else {
+                    Outcome::Unknown(format!("the batch answered {} for it", result.status))
+                }
+            })
+            .collect(),
+        Outcome::Succeeded(response) => {
+            let reason = format!(
+                "the batch answered {} results for {count} operations",
+                response.results.len()
+            );
+            vec![Outcome::Unknown(reason); count]
+        }
+        Outcome::Refused {
+            status,
+            code,
+            message,
+        } => vec![
+            Outcome::Refused {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            };
+            count
+        ],
+        Outcome::Unknown(reason) => vec![Outcome::Unknown(reason.clone()); count],
+    }
+}
+
+async fn pay_batch(shared: &Shared, start: u64, end: u64, duplicated: bool, tally: &mut Tally) {
+    let plan = &shared.plan;
+    let operations = (start..end)
+        .map(|index| {
+            BatchOperation::new(
+                &plan.enrollments[plan.enrollment_of(index)],
+                Some(plan.key_of(index)),
+                BatchCommand::Payment(plan.payment_of(index)),
+            )
+        })
+        .collect();
+    let request = BatchRequest {
+        operations,
+        detail: BatchDetail::Summary,
+    };
+    let count = (end - start) as usize;
+    let send = || timed(shared.client.batch(&request));
+    let answers = if duplicated {
+        let ((first, first_latency), (second, second_latency)) = tokio::join!(send(), send());
+        tally.record_latency(first_latency);
+        tally.record_latency(second_latency);
+        vec![
+            batch_outcomes(&first, count),
+            batch_outcomes(&second, count),
+        ]
+    } else {
+        let (outcome, latency) = send().await;
+        tally.record_latency(latency);
+        vec![batch_outcomes(&outcome, count)]
+    };
+    for (offset, index) in (start..end).enumerate() {
+        let outcomes: Vec<Outcome<bool>> = answers
+            .iter()
+            .map(|answer| answer[offset].clone())
+            .collect();
+        tally.settle(index, settle(&outcomes));
+    }
+}
+
+/// Resends every payment whose outcome is unknown, one at a time with its
+/// own key, until each is known or `RECONCILE_TIME_MAX` has passed. Whatever
+/// the earlier attempts did, the key makes the payment count once.
+async fn reconcile(shared: &Arc<Shared>, unknown: Vec<u64>, clients: usize) -> Tally {
+    let unknown = Arc::new(unknown);
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + RECONCILE_TIME_MAX;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients.min(unknown.len()) {
+        let (shared, unknown, cursor) = (shared.clone(), unknown.clone(), cursor.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::new();
+            loop {
+                let position = cursor.fetch_add(1, Ordering::Relaxed);
+                let Some(&index) = unknown.get(position) else {
+                    break;
+                };
+                let plan = &shared.plan;
+                let enrollment = &plan.enrollments[plan.enrollment_of(index)];
+                let (key, payment) = (plan.key_of(index), plan.payment_of(index));
+                let settled = loop {
+                    let outcome = shared
+                        .client
+                        .payment_receipt(enrollment, &key, &payment)
+                        .await;
+                    match settle(&[receipt_outcome(outcome)]) {
+                        Settled::Unknown(reason) if Instant::now() < deadline => {
+                            tally.unknown_reason = Some(reason);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        settled => break settled,
+                    }
+                };
+                tally.settle(index, settled);
+            }
+            tally
+        });
+    }
+    let mut total = Tally::new();
+    while let Some(tally) = tasks.join_next().await {
+        total.merge(tally.expect("a reconciling task does not panic"));
+    }
+    total
+}
+
+/// The least of a ledger entry the verdict needs.
+#[derive(Deserialize)]
+struct LedgerKey {
+    seq: u64,
+    kind: EntryKind,
+    amount: i64,
+    idempotency_key: Option<String>,
+}
+
+/// What one enrollment's check found.
+struct EnrollmentCheck {
+    amount_paid: i64,
+    ledger_payments: u64,
+    problems: Vec<String>,
+}
+
+/// Reads one enrollment and pages through its whole ledger, marking each
+/// payment key seen in `seen`.
+async fn check_enrollment(
+    shared: &Shared,
+    position: usize,
+    acknowledged: &[bool],
+    seen: &[AtomicU8],
+) -> EnrollmentCheck {
+    let plan = &shared.plan;
+    let enrollment = &plan.enrollments[position];
+    let mut check = EnrollmentCheck {
+        amount_paid: 0,
+        ledger_payments: 0,
+        problems: Vec::new(),
+    };
+    match shared.client.enrollment(enrollment).await {
+        Outcome::Succeeded(found) => check.amount_paid = found.amount_paid,
+        other => {
+            check.problems.push(format!(
+                "{enrollment}: cannot be read: {}",
+                describe(&other)
+            ));
+            return check;
+        }
+    }
+    let mut after = 0;
+    loop {
+        let page = match shared
+            .client
+            .ledger_as::<LedgerKey>(enrollment, after, LEDGER_PAGE_ENTRIES)
+            .await
+        {
+            Outcome::Succeeded(page) => page,
+            other => {
+                check.problems.push(format!(
+                    "{enrollment}: the ledger after seq {after} cannot be read: {}",
+                    describe(&other)
+                ));
+                return check;
+            }
+        };
+        let Some(last) = page.last() else {
+            return check;
+        };
+        after = last.seq;
+        for entry in page.iter().filter(|entry| entry.kind == EntryKind::Payment) {
+            check.ledger_payments += 1;
+            let key = entry.idempotency_key.as_deref().unwrap_or("");
+            let index = plan
+                .index_of_key(key)
+                .filter(|&index| acknowledged.get(index as usize).copied().unwrap_or(false));
+            let Some(index) = index else {
+                check.problems.push(format!(
+                    "{enrollment} seq {}: payment key {key:?} was never acknowledged",
+                    entry.seq
+                ));
+                continue;
+            };
+            if plan.enrollment_of(index) != position || entry.amount != plan.amount_of(index) {
+                check.problems.push(format!(
+                    "{enrollment} seq {}: payment {key} of {} is not the payment sent",
+                    entry.seq, entry.amount
+                ));
+            }
+            seen[index as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn describe<T>(outcome: &Outcome<T>) -> String {
+    match outcome {
+        Outcome::Succeeded(_) => "succeeded".to_owned(),
+        Outcome::Refused {
+            status,
+            code,
+            message,
+        } => format!("{status} {code}: {message}"),
+        Outcome::Unknown(reason) => format!("no answer: {reason}"),
+    }
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    ok: bool,
+    enrollments_checked: u64,
+    /// Every enrollment's `amount_paid` equals the sum of its acknowledged
+    /// payments.
+    amounts_match: bool,
+    /// Every acknowledged key is in the ledger exactly once, and no other
+    /// key of the run is.
+    ledger_keys_once: bool,
+    ledger_payments: u64,
+    audit_ok: bool,
+    audit_enrollments: u64,
+    audit_entries: u64,
+    /// Payments whose outcome stayed unknown after reconciling: the money
+    /// cannot be checked while any is.
+    unknown_remaining: u64,
+    problems: Vec<String>,
+}
+
+/// Problems listed in full; beyond this many only their number is given.
+const PROBLEMS_SHOWN_MAX: usize = 20;
+
+async fn verify(shared: &Arc<Shared>, acknowledged_runs: &Runs, unknown_remaining: u64) -> Verdict {
+    let plan = &shared.plan;
+    let size = acknowledged_runs.max_end() as usize;
+    let mut acknowledged = vec![false; size];
+    let mut expected_paid = vec![0i64; plan.enrollments.len()];
+    for index in acknowledged_runs.iter() {
+        acknowledged[index as usize] = true;
+        expected_paid[plan.enrollment_of(index)] += plan.amount_of(index);
+    }
+    let acknowledged = Arc::new(acknowledged);
+    let seen: Arc<Vec<AtomicU8>> = Arc::new((0..size).map(|_| AtomicU8::new(0)).collect());
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..VERIFY_CONCURRENCY_MAX.min(plan.enrollments.len()) {
+        let (shared, acknowledged, seen, cursor) = (
+            shared.clone(),
+            acknowledged.clone(),
+            seen.clone(),
+            cursor.clone(),
+        );
+        tasks.spawn(async move {
+            let mut checks = Vec::new();
+            loop {
+                let position = cursor.fetch_add(1, Ordering::Relaxed);
+                if position >= shared.plan.enrollments.len() {
+                    return checks;
+                }
+                let check = check_enrollment(&shared, position, &acknowledged, &seen).await;
+                checks.push((position, check));
+            }
+        });
+    }
+    let mut problems = Vec::new();
+    let mut amounts_match = true;
+    let mut ledger_keys_once = true;
+    let mut ledger_payments = 0;
+    let mut checked = 0;
+    while let Some(checks) = tasks.join_next().await {
+        for (position, check) in checks.expect("a checking task does not panic") {
+            checked += 1;
+            ledger_payments += check.ledger_payments;
+            if !check.problems.is_empty() {
+                ledger_keys_once = false;
+                problems.extend(check.problems);
+            }
+            let expected = expected_paid[position];
+            if check.amount_paid != expected {
+                amounts_match = false;
+                problems.push(format!(
+                    "{}: amount_paid is {} but the acknowledged payments sum to {expected}",
+                    plan.enrollments[position], check.amount_paid
+                ));
+            }
+        }
+    }
+    let (mut missing, mut repeated) = (0u64, 0u64);
+    for index in acknowledged_runs.iter() {
+        match seen[index as usize].load(Ordering::Relaxed) {
+            1 => {}
+            0 => missing += 1,
+            _ => repeated += 1,
+        }
+    }
+    if missing > 0 || repeated > 0 {
+        ledger_keys_once = false;
+        problems.push(format!(
+            "{missing} acknowledged keys are missing from the ledger and {repeated} appear more than once"
+        ));
+    }
+    let (audit_ok, audit_enrollments, audit_entries) = match shared.client.audit().await {
+        Outcome::Succeeded(report) => {
+            for disagreement in report.disagreements.iter().take(PROBLEMS_SHOWN_MAX) {
+                problems.push(format!(
+                    "audit: {}/{}{}: {}",
+                    disagreement.user_id,
+                    disagreement.course_id,
+                    disagreement
+                        .seq
+                        .map(|seq| format!(" seq {seq}"))
+                        .unwrap_or_default(),
+                    disagreement.problem
+                ));
+            }
+            (report.ok, report.enrollments, report.entries)
+        }
+        other => {
+            problems.push(format!(
+                "audit: cannot be run ({}); it needs an admin token",
+                describe(&other)
+            ));
+            (false, 0, 0)
+        }
+    };
+    if unknown_remaining > 0 {
+        problems.push(format!(
+            "{unknown_remaining} payments are still of unknown outcome after {} s of resending",
+            RECONCILE_TIME_MAX.as_secs()
+        ));
+    }
+    let total_problems = problems.len();
+    if total_problems > PROBLEMS_SHOWN_MAX {
+        problems.truncate(PROBLEMS_SHOWN_MAX);
+        problems.push(format!(
+            "… and {} more",
+            total_problems - PROBLEMS_SHOWN_MAX
+        ));
+    }
+    Verdict {
+        ok: amounts_match && ledger_keys_once && audit_ok && unknown_remaining == 0,
+        enrollments_checked: checked,
+        amounts_match,
+        ledger_keys_once,
+        ledger_payments,
+        audit_ok,
+        audit_enrollments,
+        audit_entries,
+        unknown_remaining,
+        problems,
+    }
+}
+
+/// A private `bursar serve`: this very executable, on a SQLite file in a
+/// temporary directory that goes when it is dropped.
+struct SpawnedServer {
+    child: tokio::process::Child,
+    pid: u32,
+    base: String,
+    token: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SpawnedServer {
+    async fn start() -> anyhow::Result<SpawnedServer> {
+        let executable = std::env::current_exe().context("cannot find the bursar executable")?;
+        let dir = tempfile::Builder::new()
+            .prefix("bursar-load-test-")
+            .tempdir()
+            .context("failed to make a temporary directory")?;
+        let database = dir.path().join("bursar.db");
+        let log = dir.path().join("serve.log");
+        let log_file = std::fs::File::create(&log).context("failed to create the server log")?;
+        let token = bursar_server::auth::generate_token();
+        let mut child = tokio::process::Command::new(executable)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(format!("sqlite://{}", database.display()))
+            .env("BURSAR_ADMIN_TOKEN", &token)
+            .env_remove("BURSAR_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("failed to start bursar serve")?;
+        let pid = child.id().context("bursar serve exited at once")?;
+        let stdout = child.stdout.take().context("no stdout from bursar serve")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = tokio::time::Instant::now() + SPAWN_DEADLINE;
+        let base = loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("bursar serve did not start listening in time"))?
+                .context("cannot read the output of bursar serve")?;
+            match line {
+                Some(line) => {
+                    if let Some(address) = line.strip_prefix("bursar listening on ") {
+                        break address.trim().to_owned();
+                    }
+                }
+                None => bail!(
+                    "bursar serve exited before listening; its log:\n{}",
+                    log_tail(&log)
+                ),
+            }
+        };
+        // Keep reading, so that the server never writes into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(SpawnedServer {
+            child,
+            pid,
+            base,
+            token,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in bytes.
+    fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kilobytes * 1024)
+    }
+
+    /// Asks the server to stop (SIGTERM: it drains its queue) and waits; kills
+    /// it if it has not stopped in time.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .context("bad server pid")?;
+        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+            && let Ok(status) = tokio::time::timeout(SPAWN_DEADLINE, self.child.wait()).await
+        {
+            let status = status.context("failed to wait for bursar serve")?;
+            if !status.success() {
+                bail!(
+                    "bursar serve stopped with {status}; its log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            return Ok(());
+        }
+        self.child
+            .kill()
+            .await
+            .context("failed to kill bursar serve")?;
+        bail!("bursar serve did not stop on SIGTERM and was killed")
+    }
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[derive(Serialize)]
+struct Report {
+    ok: bool,
+    config: ConfigReport,
+    /// The load alone: from the first request to the last answer.
+    elapsed_seconds: f64,
+    throughput: ThroughputReport,
+    payments: PaymentsReport,
+    requests: RequestsReport,
+    latency_ms: LatencyReport,
+    errors: ErrorsReport,
+    server: ServerReport,
+    verdict: Verdict,
+}
+
+#[derive(Serialize)]
+struct ConfigReport {
+    url: String,
+    spawned: bool,
+    clients: u32,
+    payments: Option<u64>,
+    duration_seconds: Option<f64>,
+    enrollments: u32,
+    batch_size: u32,
+    duplicate_percent: u8,
+    amount_min: i64,
+    amount_max: i64,
+    seed: u64,
+    run_id: String,
+}
+
+#[derive(Serialize)]
+struct ThroughputReport {
+    acknowledged_payments_per_second: f64,
+    requests_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct PaymentsReport {
+    /// Payments sent during the load.
+    sent: u64,
+    /// Acknowledged during the load (the throughput counts these).
+    acknowledged: u64,
+    refused: u64,
+    /// Of unknown outcome when the load ended.
+    unknown_after_load: u64,
+    /// Of those, acknowledged or refused when resent with the same key.
+    reconciled_acknowledged: u64,
+    reconciled_refused: u64,
+    /// Acknowledged in all, and their sum in minor units.
+    acknowledged_total: u64,
+    acknowledged_amount: i64,
+    /// Answers marked `Idempotent-Replayed` (or `replayed` in a batch): the
+    /// duplicates' second answers.
+    replayed: u64,
+}
+
+#[derive(Serialize)]
+struct RequestsReport {
+    sent: u64,
+    /// Extra copies sent at the same time as the original.
+    duplicates: u64,
+}
+
+#[derive(Serialize)]
+struct LatencyReport {
+    requests: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p99_9: f64,
+    max: f64,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct ErrorsReport {
+    /// Payments refused, by code (after any reconciling).
+    refused: BTreeMap<String, u64>,
+    /// Payments whose outcome is still unknown, and one reason why.
+    unknown: u64,
+    unknown_reason: Option<String>,
+    /// Attempts retried by the client, by cause.
+    retried_unavailable: u64,
+    retried_timeouts: u64,
+    retried_connection_errors: u64,
+}
+
+#[derive(Serialize)]
+struct ServerReport {
+    url: String,
+    spawned: bool,
+    /// With --spawn: the server's peak resident memory (VmHWM).
+    peak_rss_bytes: Option<u64>,
+}
+
+fn latency_report(histogram: &Histogram<u64>) -> LatencyReport {
+    let millis = |micros: u64| micros as f64 / 1000.0;
+    LatencyReport {
+        requests: histogram.len(),
+        p50: millis(histogram.value_at_quantile(0.50)),
+        p90: millis(histogram.value_at_quantile(0.90)),
+        p99: millis(histogram.value_at_quantile(0.99)),
+        p99_9: millis(histogram.value_at_quantile(0.999)),
+        max: millis(histogram.max()),
+        mean: histogram.mean() / 1000.0,
+    }
+}
+
+fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0);
+    splitmix64(nanos ^ u64::from(std::process::id()).rotate_left(40))
+}
+
+fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
+    if args.amount_min < 1 || args.amount_max > OPERATION_AMOUNT_MAX {
+        bail!("payment amounts must be between 1 and {OPERATION_AMOUNT_MAX} minor units");
+    }
+    if args.amount_min > args.amount_max {
+        bail!("--amount-min must not exceed --amount-max");
+    }
+    if let Some(duration) = args.duration
+        && !(duration > 0.0 && duration <= 86_400.0)
+    {
+        bail!("--duration must be more than 0 and at most 86400 seconds");
+    }
+    if let Some(payments) = args.payments {
+        let per_enrollment = payments.div_ceil(u64::from(args.enrollments));
+        if i128::from(per_enrollment) * i128::from(args.amount_max) > i128::from(ENROLLMENT_PRICE) {
+            bail!(
+                "{per_enrollment} payments of up to {} would exceed an enrollment's largest price; \
+                 lower --amount-max or --payments, or raise --enrollments",
+                args.amount_max
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates the run's enrollments, up to 8,192 per batch request.
+async fn create_enrollments(client: &Client, enrollments: &[EnrollmentKey]) -> anyhow::Result<()> {
+    let terms = EnrollRequest {
+        currency: Currency::parse("USD").expect("USD is a currency"),
+        price: Price::new(i128::from(ENROLLMENT_PRICE)).expect("the largest price is a price"),
+        access_policy: None,
+    };
+    for chunk in enrollments.chunks(BATCH_OPERATIONS_MAX) {
+        let request = BatchRequest {
+            operations: chunk
+                .iter()
+                .map(|enrollment| {
+                    BatchOperation::new(enrollment, None, BatchCommand::Enroll(terms.clone()))
+                })
+                .collect(),
+            detail: BatchDetail::Summary,
+        };
+        match client.batch(&request).await {
+            Outcome::Succeeded(response) => {
+                if let Some(result) = response.results.iter().find(|result| !result.is_success()) {
+                    bail!(
+                        "the server refused to create an enrollment: {} {}",
+                        result.status,
+                        result.error_code().unwrap_or("")
+                    );
+                }
+            }
+            Outcome::Refused {
+                status,
+                code,
+                message,
+            } => {
+                let hint = if status == 401 || status == 403 {
+                    " (pass a writer or admin token with --token or BURSAR_TOKEN)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "the server refused to create the enrollments: {status} {code}: {message}{hint}"
+                )
+            }
+            Outcome::Unknown(reason) => {
+                bail!(
+                    "cannot create the enrollments at {}: {reason}",
+                    client.base_url()
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Draws the progress bar from the shared counters until `done` is set.
+fn start_progress(
+    shared: Arc<Shared>,
+    bar: ProgressBar,
+    done: Arc<AtomicBool>,
+    duration: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        while !done.load(Ordering::Relaxed) {
+            ticker.tick().await;
+            let now = Instant::now();
+            let acknowledged = shared.acknowledged.load(Ordering::Relaxed);
+            window.push_back((now, acknowledged));
+            while window
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(1))
+            {
+                window.pop_front();
+            }
+            let (oldest_at, oldest) = window.front().copied().unwrap_or((now, acknowledged));
+            let span = now.duration_since(oldest_at).as_secs_f64();
+            let rate = if span > 0.0 {
+                (acknowledged - oldest) as f64 / span
+            } else {
+                0.0
+            };
+            match duration {
+                Some(_) => {
+                    bar.set_position(started.elapsed().as_millis() as u64);
+                    bar.set_message(format!(
+                        "{} acknowledged, {}/s",
+                        thousands(acknowledged),
+                        thousands(rate as u64)
+                    ));
+                }
+                None => {
+                    bar.set_position(shared.answered.load(Ordering::Relaxed));
+                    bar.set_message(format!("{}/s acknowledged", thousands(rate as u64)));
+                }
+            }
+        }
+        bar.finish_and_clear();
+    })
+}
+
+fn progress_bar(hidden: bool, payments: Option<u64>, duration: Option<Duration>) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let (length, template) = match duration {
+        Some(duration) => (
+            duration.as_millis() as u64,
+            "{spinner} {elapsed_precise} [{wide_bar}] {msg}",
+        ),
+        None => (
+            payments.unwrap_or(PAYMENTS_DEFAULT),
+            "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} payments, {msg}",
+        ),
+    };
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let spawned = if args.spawn {
+        if !args.json {
+            eprintln!(
+                "bursar load-test: starting a private bursar serve on a temporary SQLite file"
+            );
+        }
+        Some(SpawnedServer::start().await?)
+    } else {
+        None
+    };
+    let (base, token) = match &spawned {
+        Some(server) => (server.base.clone(), Some(server.token.clone())),
+        None => (args.url.clone(), args.token.clone()),
+    };
+    let outcome = load(&args, seed, &base, token, spawned.as_ref()).await;
+    if let Some(server) = spawned {
+        let stopped = server.stop().await;
+        if let (Ok(_), Err(error)) = (&outcome, stopped) {
+            eprintln!("bursar load-test: {error:#}");
+        }
+    }
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn load(
+    args: &LoadTestArgs,
+    seed: u64,
+    base: &str,
+    token: Option<String>,
+    spawned: Option<&SpawnedServer>,
+) -> anyhow::Result<Report> {
+    let clients = args.clients as usize;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(clients * 2)
+        .build()
+        .context("failed to build the HTTP client")?;
+    let mut builder = Client::builder(base)
+        .http_client(http)
+        .retry_policy(RetryPolicy {
+            attempt_timeout: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        })
+        .jitter_seed(seed);
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
+    let run_id = format!("lt{:010x}", fresh_seed() >> 24);
+    let enrollments = (0..args.enrollments)
+        .map(|position| EnrollmentKey {
+            user_id: UserId::parse(&format!("{run_id}-student-{position}"))
+                .expect("a valid user id"),
+            course_id: CourseId::parse("load-test").expect("a valid course id"),
+        })
+        .collect::<Vec<_>>();
+    create_enrollments(&client, &enrollments).await?;
+
+    let payments = match (args.payments, args.duration) {
+        (Some(payments), _) => Some(payments),
+        (None, Some(_)) => None,
+        (None, None) => Some(PAYMENTS_DEFAULT),
+    };
+    let duration = args.duration.map(Duration::from_secs_f64);
+    let plan = Plan {
+        run_id: run_id.clone(),
+        seed,
+        enrollments,
+        amount_min: args.amount_min,
+        amount_span: (args.amount_max - args.amount_min) as u64 + 1,
+        duplicate_percent: u64::from(args.duplicate_percent),
+        batch_size: u64::from(args.batch_size),
+        payments,
+    };
+    let hidden = args.json || !std::io::stderr().is_terminal();
+    let bar = progress_bar(hidden, payments, duration);
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        plan,
+        client,
+        next: AtomicU64::new(0),
+        deadline: duration.map(|duration| started + duration),
+        answered: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = start_progress(shared.clone(), bar, done.clone(), duration);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        tasks.spawn(run_client(shared.clone()));
+    }
+    let mut tally = Tally::new();
+    while let Some(client_tally) = tasks.join_next().await {
+        tally.merge(client_tally.context("a load client failed")?);
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = progress.await;
+
+    let sent = shared
+        .next
+        .load(Ordering::Relaxed)
+        .min(payments.unwrap_or(u64::MAX));
+    let acknowledged_during_load = tally.acknowledged.count;
+    let refused_during_load: u64 = tally.refused.values().sum();
+    let unknown_after_load = tally.unknown.len() as u64;
+    let unknown = std::mem::take(&mut tally.unknown);
+    let mut reconciled = if unknown.is_empty() {
+        Tally::new()
+    } else {
+        if !args.json {
+            eprintln!(
+                "bursar load-test: resending {} payments of unknown outcome with their keys",
+                thousands(unknown.len() as u64)
+            );
+        }
+        reconcile(&shared, unknown, clients).await
+    };
+    let reconciled_acknowledged = reconciled.acknowledged.count;
+    let reconciled_refused: u64 = reconciled.refused.values().sum();
+    let unknown_remaining = reconciled.unknown.len() as u64;
+    let unknown_reason = reconciled
+        .unknown_reason
+        .take()
+        .or(tally.unknown_reason.take())
+        .filter(|_| unknown_remaining > 0);
+    tally
+        .acknowledged
+        .append(std::mem::take(&mut reconciled.acknowledged));
+    for (code, count) in std::mem::take(&mut reconciled.refused) {
+        *tally.refused.entry(code).or_default() += count;
+    }
+
+    let verdict = verify(&shared, &tally.acknowledged, unknown_remaining).await;
+    let acknowledged_amount: i64 = tally
+        .acknowledged
+        .iter()
+        .map(|index| shared.plan.amount_of(index))
+        .sum();
+    let peak_rss_bytes = spawned.and_then(SpawnedServer::peak_rss_bytes);
+    let retries = shared.client.retry_counts();
+    let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
+    Ok(Report {
+        ok: verdict.ok,
+        config: ConfigReport {
+            url: base.to_owned(),
+            spawned: spawned.is_some(),
+            clients: args.clients,
+            payments,
+            duration_seconds: args.duration,
+            enrollments: args.enrollments,
+            batch_size: args.batch_size,
+            duplicate_percent: args.duplicate_percent,
+            amount_min: args.amount_min,
+            amount_max: args.amount_max,
+            seed,
+            run_id,
+        },
+        elapsed_seconds: elapsed.as_secs_f64(),
+        throughput: ThroughputReport {
+            acknowledged_payments_per_second: acknowledged_during_load as f64 / seconds,
+            requests_per_second: tally.requests as f64 / seconds,
+        },
+        payments: PaymentsReport {
+            sent,
+            acknowledged: acknowledged_during_load,
+            refused: refused_during_load,
+            unknown_after_load,
+            reconciled_acknowledged,
+            reconciled_refused,
+            acknowledged_total: tally.acknowledged.count,
+            acknowledged_amount,
+            replayed: tally.replays,
+        },
+        requests: RequestsReport {
+            sent: tally.requests,
+            duplicates: tally.duplicate_requests,
+        },
+        latency_ms: latency_report(&tally.latency_micros),
+        errors: ErrorsReport {
+            refused: tally.refused,
+            unknown: unknown_remaining,
+            unknown_reason,
+            retried_unavailable: retries.unavailable,
+            retried_timeouts: retries.timeouts,
+            retried_connection_errors: retries.connection_errors,
+        },
+        server: ServerReport {
+            url: base.to_owned(),
+            spawned: spawned.is_some(),
+            peak_rss_bytes,
+        },
+        verdict,
+    })
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut text = String::with_capacity(digits.len() + digits.len() / 3);
+    for (position, digit) in digits.chars().enumerate() {
+        if position > 0 && (digits.len() - position).is_multiple_of(3) {
+            text.push(',');
+        }
+        text.push(digit);
+    }
+    text
+}
+
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!(
+        "{} {}",
+        thousands(count),
+        if count == 1 { one } else { many }
+    )
+}
+
+/// The report for a person to read.
+fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let config = &report.config;
+    let amount = match (config.payments, config.duration_seconds) {
+        (Some(payments), _) => plural(payments, "payment", "payments"),
+        (None, Some(seconds)) => format!("payments for {seconds} s"),
+        (None, None) => String::new(),
+    };
+    let per_request = if config.batch_size == 1 {
+        "one payment per request".to_owned()
+    } else {
+        format!(
+            "batches of {} (/v1/batch)",
+            thousands(u64::from(config.batch_size))
+        )
+    };
+    let _ = writeln!(
+        out,
+        "bursar load-test: {} clients, {amount} into {}, {per_request}, {}% sent twice",
+        thousands(u64::from(config.clients)),
+        plural(u64::from(config.enrollments), "enrollment", "enrollments"),
+        config.duplicate_percent
+    );
+    let _ = writeln!(
+        out,
+        "server           {}{}",
+        report.server.url,
+        if report.server.spawned {
+            " (spawned: bursar serve on a temporary SQLite file)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "run              {} (seed {})",
+        config.run_id, config.seed
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "throughput       {} acknowledged payments/s ({} in {:.3} s)",
+        thousands(report.throughput.acknowledged_payments_per_second.round() as u64),
+        thousands(report.payments.acknowledged),
+        report.elapsed_seconds
+    );
+    let _ = writeln!(
+        out,
+        "requests         {} sent ({}/s), {} of them duplicates; {} payments answered as replays",
+        thousands(report.requests.sent),
+        thousands(report.throughput.requests_per_second.round() as u64),
+        thousands(report.requests.duplicates),
+        thousands(report.payments.replayed)
+    );
+    let latency = &report.latency_ms;
+    let _ = writeln!(
+        out,
+        "latency          of {} requests, in ms, retries included",
+        thousands(latency.requests)
+    );
+    for (name, value) in [
+        ("p50", latency.p50),
+        ("p90", latency.p90),
+        ("p99", latency.p99),
+        ("p99.9", latency.p99_9),
+        ("max", latency.max),
+    ] {
+        let _ = writeln!(out, "  {name:<6} {value:>10.3}");
+    }
+    let payments = &report.payments;
+    let _ = writeln!(
+        out,
+        "payments         {} sent: {} acknowledged, {} refused, {} unknown at the end of the load",
+        thousands(payments.sent),
+        thousands(payments.acknowledged),
+        thousands(payments.refused),
+        thousands(payments.unknown_after_load)
+    );
+    if payments.unknown_after_load > 0 {
+        let _ = writeln!(
+            out,
+            "                 resent with their keys: {} acknowledged, {} refused, {} still unknown",
+            thousands(payments.reconciled_acknowledged),
+            thousands(payments.reconciled_refused),
+            thousands(report.errors.unknown)
+        );
+    }
+    let errors = &report.errors;
+    let retried = [
+        ("retried after 502/503/504", errors.retried_unavailable),
+        ("retried after a timeout", errors.retried_timeouts),
+        (
+            "retried after a connection error",
+            errors.retried_connection_errors,
+        ),
+    ];
+    if errors.refused.is_empty()
+        && errors.unknown == 0
+        && retried.iter().all(|(_, count)| *count == 0)
+    {
+        let _ = writeln!(out, "errors           none");
+    } else {
+        let _ = writeln!(out, "errors           by code");
+        for (code, count) in &errors.refused {
+            let _ = writeln!(
+                out,
+                "  {code:<34} {:>10}  payments refused",
+                thousands(*count)
+            );
+        }
+        if errors.unknown > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>10}  payments ({})",
+                "UNKNOWN",
+                thousands(errors.unknown),
+                errors.unknown_reason.as_deref().unwrap_or("no answer")
+            );
+        }
+        for (what, count) in retried.iter().filter(|(_, count)| *count > 0) {
+            let _ = writeln!(out, "  {what:<34} {:>10}  attempts", thousands(*count));
+        }
+    }
+    if let Some(bytes) = report.server.peak_rss_bytes {
+        let _ = writeln!(
+            out,
+            "server memory    peak RSS {:.1} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    let verdict = &report.verdict;
+    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "verdict          {}",
+        if verdict.ok { "OK" } else { "FAILED" }
+    );
+    let _ = writeln!(
+        out,
+        "  {} amount_paid of {} equals the sum of its acknowledged payments ({} minor units in all)",
+        mark(verdict.amounts_match),
+        plural(
+            verdict.enrollments_checked,
+            "enrollment",
+            "each of the enrollments"
+        ),
+        thousands(payments.acknowledged_amount.max(0) as u64)
+    );
+    let _ = writeln!(
+        out,
+        "  {} the ledger holds each of {} acknowledged keys exactly once ({} payment entries)",
+        mark(verdict.ledger_keys_once),
+        thousands(payments.acknowledged_total),
+        thousands(verdict.ledger_payments)
+    );
+    let _ = writeln!(
+        out,
+        "  {} audit: {}, {}",
+        mark(verdict.audit_ok),
+        plural(verdict.audit_enrollments, "enrollment", "enrollments"),
+        plural(verdict.audit_entries, "ledger entry", "ledger entries")
+    );
+    if verdict.unknown_remaining > 0 {
+        let _ = writeln!(
+            out,
+            "  FAIL {} payments of unknown outcome",
+            thousands(verdict.unknown_remaining)
+        );
+    }
+    for problem in &verdict.problems {
+        let _ = writeln!(out, "       {problem}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(enrollments: u32, duplicate_percent: u64) -> Plan {
+        Plan {
+            run_id: "lt0123456789".to_owned(),
+            seed: 42,
+            enrollments: (0..enrollments)
+                .map(|position| EnrollmentKey {
+                    user_id: UserId::parse(&format!("u{position}")).unwrap(),
+                    course_id: CourseId::parse("c").unwrap(),
+                })
+                .collect(),
+            amount_min: 100,
+            amount_span: 901,
+            duplicate_percent,
+            batch_size: 1,
+            payments: Some(1_000),
+        }
+    }
+
+    #[test]
+    fn a_payment_is_the_same_every_time_it_is_derived() {
+        let plan = plan(5, 20);
+        for index in 0..10_000 {
+            let amount = plan.amount_of(index);
+            assert!((100..=1_000).contains(&amount));
+            assert_eq!(amount, plan.amount_of(index));
+            assert_eq!(plan.enrollment_of(index), (index % 5) as usize);
+            let key = plan.key_of(index);
+            assert_eq!(plan.index_of_key(key.as_str()), Some(index));
+        }
+        assert_eq!(plan.index_of_key("other-run-7"), None);
+        assert_eq!(plan.index_of_key("lt0123456789-x"), None);
+        let duplicated = (0..10_000)
+            .filter(|&index| plan.is_duplicated(index))
+            .count();
+        assert!((1_800..2_200).contains(&duplicated), "{duplicated}");
+    }
+
+    #[test]
+    fn runs_keep_consecutive_indices_together() {
+        let mut runs = Runs::default();
+        for index in [0, 1, 2, 5, 6, 9] {
+            runs.push(index);
+        }
+        assert_eq!(runs.runs, [(0, 3), (5, 7), (9, 10)]);
+        assert_eq!(runs.count, 6);
+        assert_eq!(runs.iter().collect::<Vec<_>>(), [0, 1, 2, 5, 6, 9]);
+        assert_eq!(runs.max_end(), 10);
+    }
+
+    #[test]
+    fn answers_to_a_duplicated_request_settle_to_one_outcome() {
+        let refused = || Outcome::Refused {
+            status: 422,
+            code: "OVERPAYMENT".to_owned(),
+            message: String::new(),
+        };
+        let unknown = || Outcome::Unknown("timed out".to_owned());
+        assert!(matches!(
+            settle(&[Outcome::Succeeded(false), Outcome::Succeeded(true)]),
+            Settled::Acknowledged { replays: 1 }
+        ));
+        assert!(matches!(
+            settle(&[unknown(), Outcome::Succeeded(true)]),
+            Settled::Acknowledged { replays: 1 }
+        ));
+        assert!(matches!(
+            settle(&[refused(), unknown()]),
+            Settled::Unknown(_)
+        ));
+        assert!(
+            matches!(settle(&[refused(), refused()]), Settled::Refused(code) if code == "OVERPAYMENT")
+        );
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

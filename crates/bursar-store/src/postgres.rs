@@ -1004,7 +1004,15 @@ async fn migrate_once(client: &mut Object) -> Result<(), Failure> {
 /// A concurrent `CREATE TABLE` by another process starting at the same time
 /// shows up as a duplicate table: run the migration again.
 fn migration_failure(error: tokio_postgres::Error) -> Failure {
-    if error.code() == Some(&SqlState::DUPLICATE_TABLE) {
+    // Two processes creating the same table at once collide either on the
+    // table (42P07) or on its row type in pg_type (23505, "type … already
+    // exists"); both mean "someone else is migrating": retry.
+    let racing = [
+        SqlState::DUPLICATE_TABLE,
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::DUPLICATE_OBJECT,
+    ];
+    if error.code().is_some_and(|code| racing.contains(code)) {
         return Failure {
             error: StoreError::Unavailable(format!("concurrent migration: {error}")),
             transient: true,

@@ -53,6 +53,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// How long one attempt at `GET /v1/audit` may take. The audit replays every
+/// ledger, which on a large database takes minutes; cutting it short and
+/// asking again would only start the whole replay over.
+pub const AUDIT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What one call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
@@ -218,6 +223,14 @@ impl<C: Clock> ClientBuilder<C> {
                 http,
                 base,
                 authorization,
+                probe_policy: RetryPolicy {
+                    attempts_max: 1,
+                    ..self.policy.clone()
+                },
+                audit_policy: RetryPolicy {
+                    attempt_timeout: self.policy.attempt_timeout.max(AUDIT_ATTEMPT_TIMEOUT),
+                    ..self.policy.clone()
+                },
                 policy: self.policy,
                 clock: self.clock,
                 jitter: Jitter::new(seed),
@@ -254,6 +267,10 @@ struct Inner<C> {
     base: String,
     authorization: Option<HeaderValue>,
     policy: RetryPolicy,
+    /// `/healthz` and `/readyz` are asked once: their 503 is the answer.
+    probe_policy: RetryPolicy,
+    /// The audit waits long for its one answer.
+    audit_policy: RetryPolicy,
     clock: C,
     jitter: Jitter,
     retries: RetryCounters,
@@ -447,6 +464,7 @@ impl<C: Clock> Client<C> {
     /// and body on every attempt.
     async fn call<T>(
         &self,
+        policy: &RetryPolicy,
         method: Method,
         url: String,
         idempotency_key: Option<&IdempotencyKey>,
@@ -467,7 +485,7 @@ impl<C: Clock> Client<C> {
         };
         let (method, url, key, body) = (&method, &url, &key, &body);
         retry::run(
-            &inner.policy,
+            policy,
             &inner.clock,
             &inner.jitter,
             |reason| inner.retries.count(reason),
@@ -475,7 +493,7 @@ impl<C: Clock> Client<C> {
                 let mut request = inner
                     .http
                     .request(method.clone(), url.as_str())
-                    .timeout(inner.policy.attempt_timeout);
+                    .timeout(policy.attempt_timeout);
                 if let Some(authorization) = &inner.authorization {
                     request = request.header(AUTHORIZATION, authorization.clone());
                 }
@@ -511,7 +529,8 @@ impl<C: Clock> Client<C> {
     }
 
     async fn get<T>(&self, url: String, parse: Parse<T>) -> Outcome<T> {
-        self.call(Method::GET, url, None, None, parse).await
+        self.call(&self.inner.policy, Method::GET, url, None, None, parse)
+            .await
     }
 
     async fn operation<B: Serialize, T>(
@@ -527,8 +546,15 @@ impl<C: Clock> Client<C> {
             Err(error) => return unserializable(error),
         };
         let url = self.enrollment_url(enrollment, suffix);
-        self.call(Method::POST, url, Some(idempotency_key), Some(body), parse)
-            .await
+        self.call(
+            &self.inner.policy,
+            Method::POST,
+            url,
+            Some(idempotency_key),
+            Some(body),
+            parse,
+        )
+        .await
     }
 
     /// `PUT /v1/users/{user_id}/courses/{course_id}`: enroll, or find the
@@ -544,8 +570,15 @@ impl<C: Clock> Client<C> {
             Err(error) => return unserializable(error),
         };
         let url = self.enrollment_url(enrollment, "");
-        self.call(Method::PUT, url, None, Some(body), parse_enrolled)
-            .await
+        self.call(
+            &self.inner.policy,
+            Method::PUT,
+            url,
+            None,
+            Some(body),
+            parse_enrolled,
+        )
+        .await
     }
 
     /// `GET /v1/users/{user_id}/courses/{course_id}`.
@@ -731,6 +764,7 @@ impl<C: Clock> Client<C> {
             Err(error) => return unserializable(error),
         };
         self.call(
+            &self.inner.policy,
             Method::POST,
             self.url("/v1/batch"),
             None,
@@ -740,19 +774,48 @@ impl<C: Clock> Client<C> {
         .await
     }
 
-    /// `GET /v1/audit` (needs an admin token).
+    /// `GET /v1/audit` (needs an admin token). Each attempt may take up to
+    /// [`AUDIT_ATTEMPT_TIMEOUT`].
     pub async fn audit(&self) -> Outcome<AuditReport> {
-        self.get(self.url("/v1/audit"), parse_json).await
+        let url = self.url("/v1/audit");
+        self.call(
+            &self.inner.audit_policy,
+            Method::GET,
+            url,
+            None,
+            None,
+            parse_json,
+        )
+        .await
     }
 
-    /// `GET /healthz`.
+    /// `GET /healthz`, asked once: no answer is the answer.
     pub async fn health(&self) -> Outcome<Health> {
-        self.get(self.url("/healthz"), parse_json).await
+        let url = self.url("/healthz");
+        self.call(
+            &self.inner.probe_policy,
+            Method::GET,
+            url,
+            None,
+            None,
+            parse_json,
+        )
+        .await
     }
 
-    /// `GET /readyz`.
+    /// `GET /readyz`, asked once: a service that is not ready answers 503,
+    /// which comes back as `Unknown` naming that answer.
     pub async fn readiness(&self) -> Outcome<Readiness> {
-        self.get(self.url("/readyz"), parse_json).await
+        let url = self.url("/readyz");
+        self.call(
+            &self.inner.probe_policy,
+            Method::GET,
+            url,
+            None,
+            None,
+            parse_json,
+        )
+        .await
     }
 
     /// `GET /metrics`, in the Prometheus text format.
@@ -1063,5 +1126,13 @@ mod tests {
         }
         assert_eq!(clock.sleeps().len(), 4);
         assert_eq!(client.retry_counts().connection_errors, 4);
+        // The probes are asked once: no answer is their answer.
+        let probed = client.readiness().await;
+        assert!(
+            matches!(&probed, Outcome::Unknown(reason) if reason.contains("after 1 attempt:")),
+            "{probed:?}"
+        );
+        assert!(matches!(client.health().await, Outcome::Unknown(_)));
+        assert_eq!(clock.sleeps().len(), 4);
     }
 }

@@ -286,8 +286,9 @@ where
                 retry_after,
             } => (reason, retry_after),
         };
+        let attempts = if number == 1 { "attempt" } else { "attempts" };
         if number >= policy.attempts_max {
-            return Outcome::Unknown(format!("gave up after {number} attempts: {reason}"));
+            return Outcome::Unknown(format!("gave up after {number} {attempts}: {reason}"));
         }
         let jittered = jitter.up_to(policy.delay_ceiling(number));
         let delay = match retry_after {
@@ -297,7 +298,7 @@ where
         let elapsed = clock.now().saturating_duration_since(started);
         if elapsed.saturating_add(delay) > policy.elapsed_max {
             return Outcome::Unknown(format!(
-                "gave up after {number} attempts in {} ms: {reason}",
+                "gave up after {number} {attempts} in {} ms: {reason}",
                 elapsed.as_millis()
             ));
         }

@@ -316,6 +316,19 @@ async fn every_endpoint_answers_typed() {
     assert!(summary.results[1].replayed);
     assert_eq!(summary.results[1].seq, Some(2));
     assert_eq!(summary.results[2].error_code(), Some("OVERPAYMENT"));
+    // A key first used in a batch is the same operation on the payment
+    // route: resending it there replays the batch's entry.
+    let resent = client
+        .payment(
+            &batch_course,
+            &key("b-1"),
+            &PaymentRequest::new(amount(400)),
+        )
+        .await
+        .succeeded()
+        .expect("replay on the payment route");
+    assert!(resent.replayed);
+    assert_eq!(resent.entry.seq, 2);
 
     let audit = client.audit().await.succeeded().expect("audit");
     assert!(audit.ok, "{audit:?}");

@@ -1598,6 +1598,48 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_answer_becomes_one_outcome_per_payment() {
+        let response: BatchResponse = serde_json::from_value(serde_json::json!({"results": [
+            {"status": 201, "seq": 2},
+            {"status": 201, "seq": 3, "replayed": true},
+            {"status": 422, "code": "OVERPAYMENT"},
+            {"status": 500, "code": "INTERNAL"}
+        ]}))
+        .unwrap();
+        let outcomes = batch_outcomes(&Outcome::Succeeded(response.clone()), 4);
+        assert_eq!(outcomes[0], Outcome::Succeeded(false));
+        assert_eq!(outcomes[1], Outcome::Succeeded(true));
+        assert!(matches!(&outcomes[2], Outcome::Refused { code, .. } if code == "OVERPAYMENT"));
+        assert!(matches!(outcomes[3], Outcome::Unknown(_)));
+        // An answer that does not match the request says nothing about any
+        // of its payments.
+        let outcomes = batch_outcomes(&Outcome::Succeeded(response), 5);
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, Outcome::Unknown(_)))
+        );
+        let refused = Outcome::Refused {
+            status: 413,
+            code: "PAYLOAD_TOO_LARGE".to_owned(),
+            message: String::new(),
+        };
+        let outcomes = batch_outcomes(&refused, 3);
+        assert_eq!(outcomes.len(), 3);
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, Outcome::Refused { status: 413, .. }))
+        );
+        let outcomes = batch_outcomes(&Outcome::Unknown("timed out".to_owned()), 2);
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| matches!(outcome, Outcome::Unknown(_)))
+        );
+    }
+
+    #[test]
     fn numbers_are_grouped_by_thousands() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");

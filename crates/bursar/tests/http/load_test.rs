@@ -2,9 +2,14 @@
 //! spawns, and against a running one; the JSON report's verdict must hold and
 //! its counts must add up.
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Generous: the machine may be busy, and a debug build is slow.
@@ -283,4 +288,68 @@ async fn bad_arguments_and_a_missing_token_are_refused_plainly() {
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("UNAUTHENTICATED"), "{}", run.stderr);
     assert!(run.stderr.contains("--token"), "{}", run.stderr);
+}
+
+/// Applies every payment, but answers every seventh one with a 500 instead
+/// of its 201: the client cannot tell whether it was applied.
+async fn lose_every_seventh_answer(
+    State(seen): State<Arc<AtomicUsize>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !request.uri().path().ends_with("/payments") {
+        return next.run(request).await;
+    }
+    let response = next.run(request).await;
+    if (seen.fetch_add(1, Ordering::SeqCst) + 1) % 7 != 0 {
+        return response;
+    }
+    let body = serde_json::json!({"error": {"code": "INTERNAL", "message": "the answer was lost"}});
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_outcomes_are_resent_with_their_keys_before_the_verdict() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+        .await
+        .expect("open the app");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let router = app
+        .router()
+        .layer(from_fn_with_state(seen.clone(), lose_every_seventh_answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let run = load_test(&[
+        "--url",
+        &base,
+        "--token",
+        ADMIN_TOKEN,
+        "--json",
+        "--clients",
+        "4",
+        "--payments",
+        "70",
+    ])
+    .await;
+    let report = &run.report;
+    assert_eq!(run.code, Some(0), "{report:#}\n{}", run.stderr);
+    assert_eq!(report["verdict"]["ok"], true, "{report:#}");
+    // Ten of the seventy answers were lost; resending those payments with
+    // their keys found each one applied exactly once.
+    assert_eq!(count(report, "/payments/acknowledged"), 60);
+    assert_eq!(count(report, "/payments/unknown_after_load"), 10);
+    assert_eq!(count(report, "/payments/reconciled_acknowledged"), 10);
+    assert_eq!(count(report, "/payments/acknowledged_total"), 70);
+    assert_eq!(count(report, "/verdict/ledger_payments"), 70);
+    assert_eq!(count(report, "/errors/unknown"), 0);
+    assert!(seen.load(Ordering::SeqCst) >= 80);
 }

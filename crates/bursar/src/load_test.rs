@@ -416,9 +416,10 @@ fn batch_outcomes(outcome: &Outcome<BatchResponse>, count: usize) -> Vec<Outcome
     }
 }
 
-async fn pay_batch(shared: &Shared, start: u64, end: u64, duplicated: bool, tally: &mut Tally) {
-    let plan = &shared.plan;
-    let operations = (start..end)
+/// The payments `indices` as one `/v1/batch` request, in `summary` detail:
+/// the verdict reads the balances later, so no answer needs the bodies.
+fn batch_request(plan: &Plan, indices: impl Iterator<Item = u64>) -> BatchRequest {
+    let operations = indices
         .map(|index| {
             BatchOperation::new(
                 &plan.enrollments[plan.enrollment_of(index)],
@@ -427,10 +428,14 @@ async fn pay_batch(shared: &Shared, start: u64, end: u64, duplicated: bool, tall
             )
         })
         .collect();
-    let request = BatchRequest {
+    BatchRequest {
         operations,
         detail: BatchDetail::Summary,
-    };
+    }
+}
+
+async fn pay_batch(shared: &Shared, start: u64, end: u64, duplicated: bool, tally: &mut Tally) {
+    let request = batch_request(&shared.plan, start..end);
     let count = (end - start) as usize;
     let send = || timed(shared.client.batch(&request));
     let answers = if duplicated {
@@ -455,40 +460,60 @@ async fn pay_batch(shared: &Shared, start: u64, end: u64, duplicated: bool, tall
     }
 }
 
-/// Resends every payment whose outcome is unknown, one at a time with its
-/// own key, until each is known or `RECONCILE_TIME_MAX` has passed. Whatever
-/// the earlier attempts did, the key makes the payment count once.
+/// Resends every payment whose outcome is unknown with its own key, the way
+/// it was first sent (alone, or in batches of the run's batch size), in
+/// rounds until each is known or `RECONCILE_TIME_MAX` has passed. Whatever
+/// the earlier attempts did, the keys make each payment count once.
 async fn reconcile(shared: &Arc<Shared>, unknown: Vec<u64>, clients: usize) -> Tally {
-    let unknown = Arc::new(unknown);
-    let cursor = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + RECONCILE_TIME_MAX;
+    let mut total = Tally::new();
+    let mut pending = unknown;
+    loop {
+        let round = reconcile_round(shared, pending, clients).await;
+        pending = round.unknown.clone();
+        let reason = round.unknown_reason.clone();
+        total.merge(Tally {
+            unknown: Vec::new(),
+            ..round
+        });
+        if pending.is_empty() || Instant::now() >= deadline {
+            total.unknown = pending;
+            total.unknown_reason = reason;
+            return total;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One pass over `pending`: each client takes the next chunk and sends it.
+async fn reconcile_round(shared: &Arc<Shared>, pending: Vec<u64>, clients: usize) -> Tally {
+    let chunk_size = shared.plan.batch_size as usize;
+    let chunks: Arc<Vec<Vec<u64>>> =
+        Arc::new(pending.chunks(chunk_size).map(<[u64]>::to_vec).collect());
+    let cursor = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients.min(unknown.len()) {
-        let (shared, unknown, cursor) = (shared.clone(), unknown.clone(), cursor.clone());
+    for _ in 0..clients.min(chunks.len()) {
+        let (shared, chunks, cursor) = (shared.clone(), chunks.clone(), cursor.clone());
         tasks.spawn(async move {
             let mut tally = Tally::new();
-            loop {
-                let position = cursor.fetch_add(1, Ordering::Relaxed);
-                let Some(&index) = unknown.get(position) else {
-                    break;
-                };
+            while let Some(chunk) = chunks.get(cursor.fetch_add(1, Ordering::Relaxed)) {
                 let plan = &shared.plan;
-                let enrollment = &plan.enrollments[plan.enrollment_of(index)];
-                let (key, payment) = (plan.key_of(index), plan.payment_of(index));
-                let settled = loop {
+                if let [index] = chunk[..] {
+                    let enrollment = &plan.enrollments[plan.enrollment_of(index)];
+                    let (key, payment) = (plan.key_of(index), plan.payment_of(index));
                     let outcome = shared
                         .client
                         .payment_receipt(enrollment, &key, &payment)
                         .await;
-                    match settle(&[receipt_outcome(outcome)]) {
-                        Settled::Unknown(reason) if Instant::now() < deadline => {
-                            tally.unknown_reason = Some(reason);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        settled => break settled,
+                    tally.settle(index, settle(&[receipt_outcome(outcome)]));
+                } else {
+                    let request = batch_request(plan, chunk.iter().copied());
+                    let outcome = shared.client.batch(&request).await;
+                    let outcomes = batch_outcomes(&outcome, chunk.len());
+                    for (index, outcome) in chunk.iter().zip(outcomes) {
+                        tally.settle(*index, settle(&[outcome]));
                     }
-                };
-                tally.settle(index, settled);
+                }
             }
             tally
         });

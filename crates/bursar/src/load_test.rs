@@ -59,16 +59,11 @@ const SPAWN_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct LoadTestArgs {
-    /// The bursar service to load (not with --spawn).
-    #[arg(
-        long,
-        env = "BURSAR_URL",
-        default_value = "http://127.0.0.1:8080",
-        conflicts_with = "spawn"
-    )]
+    /// The bursar service to load (ignored with --spawn).
+    #[arg(long, env = "BURSAR_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
     /// A bearer token: writer role for the load, admin for the verdict's
-    /// audit.
+    /// audit (ignored with --spawn, which makes its own).
     #[arg(long, env = "BURSAR_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Start a private `bursar serve` on a temporary SQLite file first, load
@@ -1136,6 +1131,22 @@ fn progress_bar(hidden: bool, payments: Option<u64>, duration: Option<Duration>)
     bar
 }
 
+/// Resolves on SIGINT or SIGTERM, naming the signal.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        // Without signal handlers the default action ends the process.
+        _ => std::future::pending().await,
+    }
+}
+
 pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     check_args(&args)?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
@@ -1153,7 +1164,11 @@ pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         Some(server) => (server.base.clone(), Some(server.token.clone())),
         None => (args.url.clone(), args.token.clone()),
     };
-    let outcome = load(&args, seed, &base, token, spawned.as_ref()).await;
+    // An interrupted run still stops the server it started.
+    let outcome = tokio::select! {
+        outcome = load(&args, seed, &base, token, spawned.as_ref()) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
     if let Some(server) = spawned {
         let stopped = server.stop().await;
         if let (Ok(_), Err(error)) = (&outcome, stopped) {

@@ -247,69 +247,136 @@ pub struct Disagreement {
     pub problem: String,
 }
 
+/// Most disagreements the audit of one enrollment lists. A ledger corrupted
+/// from end to end can disagree with itself at every one of its entries; the
+/// first thousand show what went wrong and where, and holding them all would
+/// let one huge corrupted ledger exhaust the memory of the audit. The rest
+/// are counted in one closing line.
+pub const DISAGREEMENTS_PER_ENROLLMENT_MAX: usize = 1000;
+
+/// Room among those `DISAGREEMENTS_PER_ENROLLMENT_MAX` that problems noted
+/// with `ChainVerifier::note` keep however many the chain gives. One ledger
+/// row that cannot be read puts every later entry out of sequence, and the
+/// row itself must not be crowded out by what it caused.
+const NOTED_DISAGREEMENTS_ROOM: usize = DISAGREEMENTS_PER_ENROLLMENT_MAX / 2;
+
 /// Replays one enrollment's ledger from nothing and compares every entry (and
 /// finally the stored enrollment) with what replay gives. Returns every
-/// disagreement found; empty means the chain and the balances are sound.
+/// disagreement found, up to `DISAGREEMENTS_PER_ENROLLMENT_MAX` and one line
+/// counting the rest; empty means the chain and the balances are sound.
 pub fn verify_chain(
     key: &EnrollmentKey,
     entries: &[LedgerEntry],
     stored: Option<&Enrollment>,
 ) -> Vec<Disagreement> {
-    let mut problems = Vec::new();
-    let mut report = |seq: Option<u64>, problem: String| {
-        problems.push(Disagreement {
-            user_id: key.user_id.to_string(),
-            course_id: key.course_id.to_string(),
+    let mut verifier = ChainVerifier::new(key.clone());
+    for entry in entries {
+        verifier.push(entry);
+    }
+    verifier.finish(stored)
+}
+
+/// `verify_chain` one entry at a time, oldest first, for ledgers too long to
+/// hold in memory: it keeps only the previous entry's snapshot and hash and
+/// the disagreements found so far (at most `DISAGREEMENTS_PER_ENROLLMENT_MAX`
+/// of them), so its memory does not grow with the ledger.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    key: EnrollmentKey,
+    /// The newest entry's snapshot and hash: what the next entry replays
+    /// from and chains to.
+    state: Option<EnrollmentState>,
+    entries: u64,
+    /// The first disagreements the chain gave, and how many it gave in all.
+    problems: Vec<Disagreement>,
+    problems_found: u64,
+    /// The first problems found outside the chain, reported after the
+    /// chain's own, and how many were noted in all.
+    notes: Vec<Disagreement>,
+    notes_found: u64,
+}
+
+impl ChainVerifier {
+    pub fn new(key: EnrollmentKey) -> ChainVerifier {
+        ChainVerifier {
+            key,
+            state: None,
+            entries: 0,
+            problems: Vec::new(),
+            problems_found: 0,
+            notes: Vec::new(),
+            notes_found: 0,
+        }
+    }
+
+    /// How many entries have been pushed.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// The hash of the newest entry pushed, if any.
+    pub fn last_hash(&self) -> Option<Hash> {
+        self.state.as_ref().map(|state| state.last_hash)
+    }
+
+    /// Records a problem found outside the chain, such as a ledger row that
+    /// cannot be read. `finish` reports these after the chain's own
+    /// disagreements, in the order they were noted.
+    pub fn note(&mut self, seq: Option<u64>, problem: String) {
+        let disagreement = self.disagreement(seq, problem);
+        keep(&mut self.notes, &mut self.notes_found, disagreement);
+    }
+
+    fn disagreement(&self, seq: Option<u64>, problem: String) -> Disagreement {
+        Disagreement {
+            user_id: self.key.user_id.to_string(),
+            course_id: self.key.course_id.to_string(),
             seq,
             problem,
-        });
-    };
-    let mut state: Option<EnrollmentState> = None;
-    let mut prev_hash = Hash::ZERO;
-    for (index, entry) in entries.iter().enumerate() {
+        }
+    }
+
+    fn report(&mut self, seq: Option<u64>, problem: String) {
+        let disagreement = self.disagreement(seq, problem);
+        keep(&mut self.problems, &mut self.problems_found, disagreement);
+    }
+
+    /// Verifies the next entry of the ledger against the ones before it.
+    pub fn push(&mut self, entry: &LedgerEntry) {
+        let key = &self.key;
         let seq = Some(entry.seq);
-        if entry.seq != index as u64 + 1 {
-            report(
-                seq,
-                format!(
-                    "sequence gap: expected seq {}, found {}",
-                    index + 1,
-                    entry.seq
-                ),
-            );
+        let expected_seq = self.entries + 1;
+        let prev_hash = self.last_hash().unwrap_or(Hash::ZERO);
+        let mut found = Vec::new();
+        if entry.seq != expected_seq {
+            found.push(format!(
+                "sequence gap: expected seq {expected_seq}, found {}",
+                entry.seq
+            ));
         }
         if entry.prev_hash != prev_hash {
-            report(
-                seq,
-                format!(
-                    "prev_hash {} does not match the previous entry's hash {}",
-                    entry.prev_hash, prev_hash
-                ),
-            );
+            found.push(format!(
+                "prev_hash {} does not match the previous entry's hash {}",
+                entry.prev_hash, prev_hash
+            ));
         }
         let computed = entry.compute_hash();
         if computed != entry.hash {
-            report(
-                seq,
-                format!(
-                    "hash mismatch: stored {}, computed {} (the entry was altered)",
-                    entry.hash, computed
-                ),
-            );
+            found.push(format!(
+                "hash mismatch: stored {}, computed {} (the entry was altered)",
+                entry.hash, computed
+            ));
         }
         if entry.enrollment.key() != *key {
-            report(seq, format!("entry belongs to {}", entry.enrollment.key()));
+            found.push(format!("entry belongs to {}", entry.enrollment.key()));
         }
         let replayed = match entry.command() {
             None => {
-                report(
-                    seq,
-                    format!(
-                        "{} of {} is not a valid operation",
-                        entry.kind.as_str(),
-                        entry.amount
-                    ),
-                );
+                found.push(format!(
+                    "{} of {} is not a valid operation",
+                    entry.kind.as_str(),
+                    entry.amount
+                ));
                 None
             }
             Some(command) => {
@@ -318,70 +385,106 @@ pub fn verify_chain(
                     idempotency_key: entry.idempotency_key.clone(),
                     command,
                 };
-                match apply(state.as_ref(), &request, entry.created_at) {
+                match apply(self.state.as_ref(), &request, entry.created_at) {
                     Ok(Applied::Entry(expected)) => Some(expected.enrollment),
                     Ok(Applied::Unchanged(_)) => {
-                        report(seq, "a second ENROLL entry".to_owned());
+                        found.push("a second ENROLL entry".to_owned());
                         None
                     }
                     Err(rejection) => {
-                        report(
-                            seq,
-                            format!(
-                                "replaying {} of {} is refused: {rejection}",
-                                entry.kind.as_str(),
-                                entry.amount
-                            ),
-                        );
+                        found.push(format!(
+                            "replaying {} of {} is refused: {rejection}",
+                            entry.kind.as_str(),
+                            entry.amount
+                        ));
                         None
                     }
                 }
             }
         };
         if let Some(replayed) = replayed.filter(|replayed| *replayed != entry.enrollment) {
-            report(
-                seq,
-                describe_difference(
-                    "replaying the ledger gives",
-                    &replayed,
-                    "the entry's snapshot says",
-                    &entry.enrollment,
-                ),
-            );
+            found.push(describe_difference(
+                "replaying the ledger gives",
+                &replayed,
+                "the entry's snapshot says",
+                &entry.enrollment,
+            ));
         }
         if let Err(broken) = entry.enrollment.check() {
-            report(seq, format!("snapshot breaks an invariant: {broken}"));
+            found.push(format!("snapshot breaks an invariant: {broken}"));
+        }
+        for problem in found {
+            self.report(seq, problem);
         }
         // Continue from the stored snapshot, so one bad entry is reported
         // once rather than poisoning every entry after it.
-        state = Some(EnrollmentState {
+        self.state = Some(EnrollmentState {
             enrollment: entry.enrollment.clone(),
             last_hash: entry.hash,
         });
-        prev_hash = entry.hash;
+        self.entries += 1;
     }
-    match (stored, entries.last()) {
-        (Some(stored), Some(last)) => {
-            if *stored != last.enrollment {
-                report(
-                    None,
-                    describe_difference(
+
+    /// Compares the stored enrollment (`None` if there is none) with the
+    /// newest entry, and returns every disagreement found: the chain's, then
+    /// this comparison's, then the noted ones, at most
+    /// `DISAGREEMENTS_PER_ENROLLMENT_MAX` and one line counting the rest. The
+    /// ones listed are the first found, except that the noted ones keep
+    /// `NOTED_DISAGREEMENTS_ROOM` of the room if there are that many.
+    pub fn finish(mut self, stored: Option<&Enrollment>) -> Vec<Disagreement> {
+        let newest = self.state.take().map(|state| state.enrollment);
+        match (stored, &newest) {
+            (Some(stored), Some(newest)) => {
+                if stored != newest {
+                    let problem = describe_difference(
                         "the stored enrollment says",
                         stored,
                         "its newest ledger entry says",
-                        &last.enrollment,
-                    ),
-                );
+                        newest,
+                    );
+                    self.report(None, problem);
+                }
             }
+            (Some(_), None) => self.report(None, "the enrollment has no ledger entries".to_owned()),
+            (None, Some(_)) => self.report(
+                None,
+                "ledger entries exist for an enrollment that does not".to_owned(),
+            ),
+            (None, None) => {}
         }
-        (Some(_), None) => report(None, "the enrollment has no ledger entries".to_owned()),
-        (None, Some(_)) => report(
-            None,
-            "ledger entries exist for an enrollment that does not".to_owned(),
-        ),
-        (None, None) => {}
+        let notes_kept = self.notes.len().min(
+            (DISAGREEMENTS_PER_ENROLLMENT_MAX - self.problems.len()).max(NOTED_DISAGREEMENTS_ROOM),
+        );
+        let mut problems = self.problems;
+        problems.truncate(DISAGREEMENTS_PER_ENROLLMENT_MAX - notes_kept);
+        problems.extend(self.notes.into_iter().take(notes_kept));
+        let suppressed = self.problems_found + self.notes_found - problems.len() as u64;
+        if suppressed > 0 {
+            let (count, verb) = if suppressed == 1 {
+                ("1 more disagreement".to_owned(), "is")
+            } else {
+                (format!("{suppressed} more disagreements"), "are")
+            };
+            problems.push(Disagreement {
+                user_id: self.key.user_id.to_string(),
+                course_id: self.key.course_id.to_string(),
+                seq: None,
+                problem: format!(
+                    "{count} {verb} not listed: at most {DISAGREEMENTS_PER_ENROLLMENT_MAX} \
+                     are listed per enrollment"
+                ),
+            });
+        }
+        problems
     }
-    problems
+}
+
+/// Counts `disagreement` in `found`, and keeps it if `kept` has room for it.
+fn keep(kept: &mut Vec<Disagreement>, found: &mut u64, disagreement: Disagreement) {
+    *found += 1;
+    if kept.len() < DISAGREEMENTS_PER_ENROLLMENT_MAX {
+        kept.push(disagreement);
+    }
 }
 
 fn describe_difference(
@@ -402,4 +505,173 @@ fn describe_difference(
         }
     }
     format!("{left_label} / {right_label}: {}", fields.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccessPolicy, CourseId, UserId};
+
+    fn key() -> EnrollmentKey {
+        EnrollmentKey {
+            user_id: UserId::parse("student-1").unwrap(),
+            course_id: CourseId::parse("course-101").unwrap(),
+        }
+    }
+
+    /// An enrolment at `price` followed by `payments` payments of one minor
+    /// unit each.
+    fn ledger(price: i64, payments: usize) -> Vec<LedgerEntry> {
+        let enroll = Command::Enroll(EnrollTerms {
+            currency: Currency::parse("USD").unwrap(),
+            price: Price::new(i128::from(price)).unwrap(),
+            access_policy: AccessPolicy::FullPayment,
+        });
+        let pay = || Command::Payment {
+            amount: Amount::new(1).unwrap(),
+            currency: None,
+            reference: None,
+        };
+        let mut entries: Vec<LedgerEntry> = Vec::new();
+        let mut state: Option<EnrollmentState> = None;
+        for (index, command) in std::iter::once(enroll)
+            .chain(std::iter::repeat_with(pay).take(payments))
+            .enumerate()
+        {
+            let request = Request {
+                key: key(),
+                idempotency_key: (index > 0)
+                    .then(|| IdempotencyKey::parse(&format!("pay-{index}")).unwrap()),
+                command,
+            };
+            let now = Timestamp::from_unix_micros(1_700_000_000_000_000 + index as i64);
+            let Ok(Applied::Entry(entry)) = apply(state.as_ref(), &request, now) else {
+                panic!("operation {index} is accepted");
+            };
+            state = Some(EnrollmentState {
+                enrollment: entry.enrollment.clone(),
+                last_hash: entry.hash,
+            });
+            entries.push(entry);
+        }
+        entries
+    }
+
+    #[test]
+    fn an_honest_ledger_verifies_one_entry_at_a_time() {
+        let entries = ledger(1_000_000, 2_000);
+        let newest = entries.last().unwrap();
+        let mut verifier = ChainVerifier::new(key());
+        assert_eq!(verifier.last_hash(), None);
+        for entry in &entries {
+            verifier.push(entry);
+        }
+        assert_eq!(verifier.entries(), 2_001);
+        assert_eq!(verifier.last_hash(), Some(newest.hash));
+        assert_eq!(verifier.finish(Some(&newest.enrollment)), vec![]);
+    }
+
+    #[test]
+    fn notes_follow_the_chain_and_the_stored_enrollment() {
+        let entries = ledger(100, 3);
+        let mut verifier = ChainVerifier::new(key());
+        verifier.note(None, "a row that cannot be read".to_owned());
+        // The first payment without the enrolment before it.
+        verifier.push(&entries[1]);
+        let found = verifier.finish(None);
+        let problems: Vec<&str> = found.iter().map(|d| d.problem.as_str()).collect();
+        assert_eq!(problems.len(), 5, "{found:#?}");
+        assert_eq!(problems[0], "sequence gap: expected seq 1, found 2");
+        assert!(problems[1].starts_with("prev_hash "), "{found:#?}");
+        assert!(
+            problems[2].starts_with("replaying PAYMENT of 1 is refused"),
+            "{found:#?}"
+        );
+        assert_eq!(
+            problems[3],
+            "ledger entries exist for an enrollment that does not"
+        );
+        assert_eq!(problems[4], "a row that cannot be read", "notes come last");
+    }
+
+    #[test]
+    fn disagreements_stop_at_the_limit_and_the_rest_are_counted() {
+        // The same enrolment entry again and again: every repetition is out
+        // of sequence, chains to nothing and enrols a second time.
+        let enroll = ledger(100, 0).remove(0);
+        let repeats = 1_500;
+        let mut verifier = ChainVerifier::new(key());
+        for _ in 0..repeats {
+            verifier.push(&enroll);
+        }
+        verifier.note(None, "a row that cannot be read".to_owned());
+        assert_eq!(verifier.entries(), repeats);
+        let found = verifier.finish(Some(&enroll.enrollment));
+        let total = 3 * (repeats - 1) + 1;
+        assert_eq!(found.len(), DISAGREEMENTS_PER_ENROLLMENT_MAX + 1);
+        assert_eq!(found[0].seq, Some(1));
+        assert_eq!(
+            found[0].problem, "sequence gap: expected seq 2, found 1",
+            "the first ones found are the ones kept"
+        );
+        assert_eq!(
+            found[DISAGREEMENTS_PER_ENROLLMENT_MAX - 1].problem,
+            "a row that cannot be read",
+            "the chain does not crowd out what was noted"
+        );
+        let last = found.last().unwrap();
+        assert_eq!(last.seq, None);
+        assert_eq!(
+            last.problem,
+            format!(
+                "{} more disagreements are not listed: at most 1000 are listed per enrollment",
+                total - DISAGREEMENTS_PER_ENROLLMENT_MAX as u64
+            )
+        );
+        assert_eq!(
+            verify_chain(&key(), &vec![enroll.clone(); repeats as usize], None).len(),
+            DISAGREEMENTS_PER_ENROLLMENT_MAX + 1,
+            "verify_chain keeps to the limit too"
+        );
+    }
+
+    #[test]
+    fn noted_problems_keep_half_the_room_when_both_overflow() {
+        let enroll = ledger(100, 0).remove(0);
+        let mut verifier = ChainVerifier::new(key());
+        for _ in 0..1_500 {
+            verifier.push(&enroll);
+        }
+        for index in 0..700 {
+            verifier.note(None, format!("row {index} cannot be read"));
+        }
+        let found = verifier.finish(None);
+        assert_eq!(found.len(), DISAGREEMENTS_PER_ENROLLMENT_MAX + 1);
+        assert_eq!(found[499].seq, Some(1), "{:?}", found[499]);
+        assert_eq!(found[500].problem, "row 0 cannot be read");
+        assert_eq!(found[999].problem, "row 499 cannot be read");
+        // 4,497 from the chain, one for the missing enrollment, 700 noted.
+        assert!(
+            found[1000]
+                .problem
+                .starts_with("4198 more disagreements are not listed"),
+            "{:?}",
+            found[1000]
+        );
+    }
+
+    #[test]
+    fn one_disagreement_over_the_limit_is_counted_in_the_singular() {
+        let mut verifier = ChainVerifier::new(key());
+        for index in 0..=DISAGREEMENTS_PER_ENROLLMENT_MAX {
+            verifier.note(None, format!("problem {index}"));
+        }
+        let found = verifier.finish(None);
+        assert_eq!(found.len(), DISAGREEMENTS_PER_ENROLLMENT_MAX + 1);
+        assert_eq!(found[999].problem, "problem 999");
+        assert_eq!(
+            found[1000].problem,
+            "1 more disagreement is not listed: at most 1000 are listed per enrollment"
+        );
+    }
 }

@@ -20,7 +20,10 @@ pub use enrollment::{
     AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
 };
 pub use ids::{CourseId, IdError, IdempotencyKey, Reason, Reference, UserId};
-pub use ledger::{Disagreement, EntryKind, Hash, LedgerEntry, verify_chain};
+pub use ledger::{
+    ChainVerifier, DISAGREEMENTS_PER_ENROLLMENT_MAX, Disagreement, EntryKind, Hash, LedgerEntry,
+    verify_chain,
+};
 pub use money::{Amount, Currency, MoneyError, Price};
 pub use operation::{Applied, Command, EnrollTerms, EnrollmentState, Rejection, Request, apply};
 pub use time::Timestamp;

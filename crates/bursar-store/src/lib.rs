@@ -6,7 +6,7 @@ mod postgres;
 mod sqlite;
 pub mod testing;
 
-use bursar_core::ledger::Disagreement;
+use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{Enrollment, EnrollmentKey, LedgerEntry, Outcome, Request, Timestamp, UserId};
 use serde::Serialize;
 use std::path::Path;
@@ -195,17 +195,17 @@ impl Store {
     }
 }
 
-/// The per-enrollment audit every backend shares: load, then verify.
+/// The per-enrollment audit every backend shares: the backend streams the
+/// ledger into `verifier` and notes what it could not read, then this
+/// compares the newest entry with the stored enrollment and adds the
+/// enrollment's disagreements and counts to the report.
 pub(crate) fn audit_one(
-    key: &EnrollmentKey,
-    entries: &[LedgerEntry],
+    verifier: ChainVerifier,
     stored: Option<&Enrollment>,
     report: &mut AuditReport,
 ) {
     report.enrollments += u64::from(stored.is_some());
-    report.entries += entries.len() as u64;
-    report
-        .disagreements
-        .extend(bursar_core::verify_chain(key, entries, stored));
+    report.entries += verifier.entries();
+    report.disagreements.extend(verifier.finish(stored));
     report.ok = report.disagreements.is_empty();
 }

@@ -71,9 +71,9 @@ use crate::{
 };
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
 use bursar_core::{
-    AccessPolicy, AccessStatus, CourseId, Currency, Disagreement, Enrollment, EnrollmentKey,
-    EnrollmentState, EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, Outcome,
-    PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+    AccessPolicy, AccessStatus, ChainVerifier, CourseId, Currency, Disagreement, Enrollment,
+    EnrollmentKey, EnrollmentState, EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry,
+    Outcome, PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use rustls::client::WebPkiServerVerifier;
@@ -82,7 +82,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -90,7 +90,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{IsolationLevel, Row, Transaction};
+use tokio_postgres::{IsolationLevel, Portal, Row, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Connections one process keeps at most. The writer uses one at a time and
@@ -131,6 +131,11 @@ const MIGRATE_DURATION_MAX: Duration = Duration::from_secs(60);
 
 /// Enrollments the audit loads per query.
 const AUDIT_ENROLLMENTS_PER_QUERY: usize = 500;
+
+/// Ledger rows the audit holds at once: it reads a chunk's entries a page at
+/// a time, so its memory does not grow with the length of a ledger. A page
+/// of a thousand rows is about a megabyte and one round trip.
+const AUDIT_ENTRIES_PER_PAGE: i32 = 1000;
 
 /// Schema migrations, applied in order inside one transaction; a row in
 /// `bursar_schema_migrations` records each. Never edit one that has shipped:
@@ -1477,6 +1482,52 @@ fn parse_entry(
     Ok((entry, fingerprint))
 }
 
+/// The ledger rows of one chunk of the audit, read from a portal a page of
+/// `AUDIT_ENTRIES_PER_PAGE` rows at a time.
+struct EntryPages {
+    portal: Portal,
+    /// What is left of the current page.
+    rows: VecDeque<Row>,
+    /// Whether the portal has returned its last row.
+    exhausted: bool,
+}
+
+impl EntryPages {
+    /// The next row, reading the next page when the current one is used up.
+    async fn next_any(&mut self, transaction: &Transaction<'_>) -> Result<Option<Row>, StoreError> {
+        if self.rows.is_empty() && !self.exhausted {
+            let page = transaction
+                .query_portal(&self.portal, AUDIT_ENTRIES_PER_PAGE)
+                .await
+                .map_err(read_error)?;
+            self.exhausted = page.len() < AUDIT_ENTRIES_PER_PAGE as usize;
+            self.rows.extend(page);
+        }
+        Ok(self.rows.pop_front())
+    }
+
+    /// The next row if it belongs to the enrollment `ids` (its user id and
+    /// course id, in the last two columns); otherwise none, leaving the row
+    /// for the enrollment it belongs to.
+    async fn next_of(
+        &mut self,
+        transaction: &Transaction<'_>,
+        ids: &(String, String),
+    ) -> Result<Option<Row>, StoreError> {
+        let Some(row) = self.next_any(transaction).await? else {
+            return Ok(None);
+        };
+        let user_id: &str = row.try_get(12).map_err(read_error)?;
+        let course_id: &str = row.try_get(13).map_err(read_error)?;
+        if (user_id, course_id) == (ids.0.as_str(), ids.1.as_str()) {
+            Ok(Some(row))
+        } else {
+            self.rows.push_front(row);
+            Ok(None)
+        }
+    }
+}
+
 /// The audit over one snapshot: every key that has an enrollment or a ledger
 /// entry, a chunk of keys at a time.
 async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError> {
@@ -1525,19 +1576,17 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
             let course_id: String = row.try_get(1).map_err(read_error)?;
             stored.insert((user_id, course_id), parse_state(&row));
         }
-        let mut entry_rows: HashMap<(String, String), Vec<Row>> = HashMap::new();
-        for row in transaction
-            .query(&entries_statement, &[&user_ids, &course_ids])
-            .await
-            .map_err(read_error)?
-        {
-            let user_id: String = row.try_get(12).map_err(read_error)?;
-            let course_id: String = row.try_get(13).map_err(read_error)?;
-            entry_rows
-                .entry((user_id, course_id))
-                .or_default()
-                .push(row);
-        }
+        // The chunk's entries come from one portal a page at a time, in the
+        // order of the keys, and go to each enrollment's verifier as they
+        // come: no enrollment's ledger is ever held whole.
+        let mut pages = EntryPages {
+            portal: transaction
+                .bind(&entries_statement, &[&user_ids, &course_ids])
+                .await
+                .map_err(read_error)?,
+            rows: VecDeque::new(),
+            exhausted: false,
+        };
         for (user_id, course_id) in chunk {
             let ids = (user_id.clone(), course_id.clone());
             let (Ok(parsed_user), Ok(parsed_course)) =
@@ -1550,53 +1599,54 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
                     problem: "the stored ids are not valid ids".into(),
                 });
                 report.ok = false;
+                while pages.next_of(transaction, &ids).await?.is_some() {}
                 continue;
             };
             let key = EnrollmentKey {
                 user_id: parsed_user,
                 course_id: parsed_course,
             };
-            let mut problems = Vec::new();
+            let mut verifier = ChainVerifier::new(key.clone());
             let state = match stored.remove(&ids) {
                 None => None,
                 Some(Ok(state)) => Some(state),
                 Some(Err(problem)) => {
-                    problems.push(problem);
+                    verifier.note(None, problem);
                     None
                 }
             };
-            let mut entries = Vec::new();
-            for row in entry_rows.remove(&ids).unwrap_or_default() {
+            while let Some(row) = pages.next_of(transaction, &ids).await? {
                 match parse_entry(&key, &row, 0) {
-                    Ok((entry, _)) => entries.push(entry),
-                    Err(problem) => problems.push(problem),
+                    Ok((entry, _)) => verifier.push(&entry),
+                    Err(problem) => verifier.note(None, problem),
                 }
             }
             if let Some(state) = &state
-                && entries
-                    .last()
-                    .is_some_and(|last| last.hash != state.last_hash)
+                && verifier
+                    .last_hash()
+                    .is_some_and(|last_hash| last_hash != state.last_hash)
             {
-                problems.push(format!(
-                    "the enrollment's last_hash {} is not its newest entry's hash",
-                    state.last_hash
-                ));
+                verifier.note(
+                    None,
+                    format!(
+                        "the enrollment's last_hash {} is not its newest entry's hash",
+                        state.last_hash
+                    ),
+                );
             }
             audit_one(
-                &key,
-                &entries,
+                verifier,
                 state.as_ref().map(|state| &state.enrollment),
                 &mut report,
             );
-            for problem in problems {
-                report.disagreements.push(Disagreement {
-                    user_id: user_id.clone(),
-                    course_id: course_id.clone(),
-                    seq: None,
-                    problem,
-                });
-            }
-            report.ok = report.disagreements.is_empty();
+        }
+        // Both queries sort by the same columns in the same snapshot, so
+        // every row has been taken by its enrollment; a row left over would
+        // mean entries were attributed to the wrong enrollment.
+        if pages.next_any(transaction).await?.is_some() {
+            return Err(StoreError::Internal(
+                "the audit read ledger rows out of enrollment order".into(),
+            ));
         }
     }
     Ok(report)

@@ -811,7 +811,7 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
             continue;
         };
         let key = EnrollmentKey { user_id, course_id };
-        let mut problems = Vec::new();
+        let mut verifier = bursar_core::ChainVerifier::new(key.clone());
         let stored = {
             let mut statement = connection
                 .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
@@ -827,46 +827,45 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 None => None,
                 Some(Ok(state)) => Some(state),
                 Some(Err(problem)) => {
-                    problems.push((None, problem));
+                    verifier.note(None, problem);
                     None
                 }
             }
         };
-        let mut entries = Vec::new();
-        for row in load_entries(connection, &key, 0, u32::MAX)? {
-            match row {
-                Ok((entry, _)) => entries.push(entry),
-                Err(problem) => problems.push((None, problem)),
+        // The entries go from the statement to the verifier one row at a
+        // time, so a ledger of any length is audited in the same memory.
+        let mut entries = connection
+            .prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 ORDER BY seq"
+            ))
+            .map_err(map_error)?;
+        let mut rows = entries
+            .query(params![key.user_id.as_str(), key.course_id.as_str()])
+            .map_err(map_error)?;
+        while let Some(row) = rows.next().map_err(map_error)? {
+            match read_entry_row(&key, row).map_err(map_error)? {
+                Ok((entry, _)) => verifier.push(&entry),
+                Err(problem) => verifier.note(None, problem),
             }
         }
         if let Some(state) = &stored
-            && entries
-                .last()
-                .is_some_and(|last| last.hash != state.last_hash)
+            && verifier
+                .last_hash()
+                .is_some_and(|last_hash| last_hash != state.last_hash)
         {
-            problems.push((
+            verifier.note(
                 None,
                 format!(
                     "the enrollment's last_hash {} is not its newest entry's hash",
                     state.last_hash
                 ),
-            ));
+            );
         }
         audit_one(
-            &key,
-            &entries,
+            verifier,
             stored.as_ref().map(|state| &state.enrollment),
             &mut report,
         );
-        for (seq, problem) in problems {
-            report.disagreements.push(bursar_core::Disagreement {
-                user_id: key.user_id.to_string(),
-                course_id: key.course_id.to_string(),
-                seq,
-                problem,
-            });
-        }
-        report.ok = report.disagreements.is_empty();
     }
     Ok(report)
 }

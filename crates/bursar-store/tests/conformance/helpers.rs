@@ -103,6 +103,26 @@ impl TestDb {
             }
         }
     }
+
+    /// Runs SQL statements on this database behind the store's back, as
+    /// someone tampering with it would.
+    pub fn execute_sql(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self
+                    .url
+                    .strip_prefix("sqlite://")
+                    .expect("a SQLite URL starts with sqlite://");
+                let connection = rusqlite::Connection::open(path).expect("open the database");
+                connection.execute_batch(sql).expect("run the SQL");
+            }
+            Backend::Postgres => self
+                .postgres
+                .as_ref()
+                .expect("a PostgreSQL test database")
+                .execute(sql),
+        }
+    }
 }
 
 /// Opens a fresh store on `backend`; keep the guard alive as long as the store.

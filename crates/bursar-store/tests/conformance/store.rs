@@ -10,8 +10,8 @@ use crate::helpers::{
 };
 use bursar_core::money::{ENROLLMENT_TOTAL_MAX, OPERATION_AMOUNT_MAX};
 use bursar_core::{
-    Command, EnrollmentKey, EnrollmentStatus, EntryKind, LedgerEntry, Outcome, PaymentStatus,
-    Request, UserId,
+    Command, DISAGREEMENTS_PER_ENROLLMENT_MAX, EnrollmentKey, EnrollmentStatus, EntryKind,
+    LedgerEntry, Outcome, PaymentStatus, Request, UserId,
 };
 use bursar_store::{LEDGER_PAGE_ENTRIES_MAX, Store, TokenRecord};
 
@@ -25,6 +25,8 @@ crate::conformance!(
     enrollments_of_lists_by_course,
     tokens_are_kept,
     audit_of_a_clean_store,
+    a_long_ledger_audits_in_full,
+    tampering_deep_in_a_long_ledger_is_found,
     charges_stop_at_the_total_limit,
     refunds_stop_at_the_total_limit,
     concurrent_payments_sum_correctly,
@@ -510,6 +512,125 @@ async fn audit_of_a_clean_store(backend: Backend) {
     )
     .await;
     assert_audit(&store, 2, 5).await;
+}
+
+/// Payments after the enrolment in the long ledger of
+/// `a_long_ledger_audits_in_full`: twenty pages of the PostgreSQL audit.
+const LONG_LEDGER_PAYMENTS: i64 = 20_000;
+
+/// Writes alice's enrollment followed by `payments` payments of one minor
+/// unit, in batches of a thousand, and on either side of it in key order an
+/// enrollment of one entry (aaron's) and one of two (bob's).
+async fn write_long_ledger(store: &Store, payments: i64) -> EnrollmentKey {
+    let long = key("alice", "math-101");
+    let after = key("bob", "math-101");
+    run(
+        store,
+        vec![
+            enroll_request(&key("aaron", "math-101"), 100),
+            enroll_request(&long, 1_000_000),
+            enroll_request(&after, 100),
+            request(&after, "k1", pay(1)),
+        ],
+        1,
+    )
+    .await;
+    for batch in 0..payments / 1_000 {
+        let requests = (0..1_000)
+            .map(|index| request(&long, &format!("p{batch}-{index}"), pay(1)))
+            .collect();
+        for outcome in run(store, requests, 2 + batch).await {
+            accepted(&outcome);
+        }
+    }
+    long
+}
+
+/// A ledger of twenty thousand entries is audited entry by entry, every one
+/// of them counted, along with the short ones around it.
+async fn a_long_ledger_audits_in_full(backend: Backend) {
+    let (store, _url, _db) = fresh_store(backend).await;
+    let long = write_long_ledger(&store, LONG_LEDGER_PAYMENTS).await;
+    assert_eq!(paid(&store, &long).await, LONG_LEDGER_PAYMENTS);
+    assert_audit(&store, 3, 1 + (1 + LONG_LEDGER_PAYMENTS as u64) + 2).await;
+}
+
+/// Tampering deep inside a long ledger is named at the entry touched; a row
+/// that cannot be read is named too, and the cascade it sets off is cut
+/// short at the listing limit with a count of the rest.
+async fn tampering_deep_in_a_long_ledger_is_found(backend: Backend) {
+    let (store, _url, db) = fresh_store(backend).await;
+    // Long enough to overflow the listing limit, short enough to be quick.
+    let payments = 5_000;
+    write_long_ledger(&store, payments).await;
+    let alice = "user_id = 'alice' AND course_id = 'math-101'";
+    db.execute_sql(&format!(
+        "UPDATE ledger SET amount = amount + 1 WHERE {alice} AND seq = 4000"
+    ));
+    let report = store.audit().await.expect("audit");
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(
+        (report.enrollments, report.entries),
+        (3, 1 + (1 + payments as u64) + 2)
+    );
+    assert_eq!(report.disagreements.len(), 2, "{report:?}");
+    for disagreement in &report.disagreements {
+        assert_eq!(
+            (
+                disagreement.user_id.as_str(),
+                disagreement.course_id.as_str(),
+                disagreement.seq
+            ),
+            ("alice", "math-101", Some(4_000)),
+            "{report:?}"
+        );
+    }
+    assert!(
+        report.disagreements[0].problem.starts_with("hash mismatch"),
+        "{report:?}"
+    );
+
+    // An unreadable row: every entry after it is out of sequence.
+    db.execute_sql(&format!(
+        "UPDATE ledger SET snapshot = 'not json' WHERE {alice} AND seq = 3000"
+    ));
+    let report = store.audit().await.expect("audit");
+    assert!(!report.ok);
+    assert_eq!(
+        (report.enrollments, report.entries),
+        (3, 1 + payments as u64 + 2),
+        "the unreadable row is not counted"
+    );
+    let found = &report.disagreements;
+    assert_eq!(found.len(), DISAGREEMENTS_PER_ENROLLMENT_MAX + 1);
+    assert!(
+        found
+            .iter()
+            .all(|d| (d.user_id.as_str(), d.course_id.as_str()) == ("alice", "math-101")),
+        "the enrollments around it are sound"
+    );
+    assert_eq!(found[0].seq, Some(3_001));
+    assert_eq!(
+        found[0].problem,
+        "sequence gap: expected seq 3000, found 3001"
+    );
+    assert!(
+        found.iter().any(|d| d
+            .problem
+            .starts_with("ledger entry alice/math-101 seq 3000: bad snapshot")),
+        "the unreadable row is named"
+    );
+    // At 3001 a gap, a broken link and a replay that differs; a gap at each
+    // of the 2,000 entries after it; at 4000 the two found before; and the
+    // unreadable row.
+    let total = 3 + 2_000 + 2 + 1;
+    assert_eq!(
+        found[DISAGREEMENTS_PER_ENROLLMENT_MAX].problem,
+        format!(
+            "{} more disagreements are not listed: at most 1000 are listed per enrollment",
+            total - DISAGREEMENTS_PER_ENROLLMENT_MAX
+        )
+    );
 }
 
 /// Charges are accepted up to the enrollment total of 10^15 minor units and

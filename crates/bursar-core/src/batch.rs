@@ -76,24 +76,44 @@ pub fn idempotency_keys(requests: &[Request]) -> Vec<(EnrollmentKey, Idempotency
 /// Decides every request of a batch in order, as if each were applied alone
 /// after the ones before it.
 pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> BatchPlan {
-    let BatchInput {
-        mut states,
-        mut stored,
-    } = input;
+    let BatchInput { mut states, stored } = input;
+    // Idempotency records by enrollment, then by key, so that a request is
+    // looked up by reference: deciding one costs no clone of its ids.
+    let mut loaded: HashMap<EnrollmentKey, HashMap<IdempotencyKey, StoredOperation>> =
+        HashMap::new();
+    for ((key, idempotency_key), operation) in stored {
+        loaded
+            .entry(key)
+            .or_default()
+            .insert(idempotency_key, operation);
+    }
+    // Keys first used in this batch, pointing at their entry in
+    // `plan.new_entries`.
+    let mut fresh: HashMap<EnrollmentKey, HashMap<IdempotencyKey, usize>> = HashMap::new();
     let mut plan = BatchPlan::default();
     let mut changed_order: Vec<EnrollmentKey> = Vec::new();
+    let mut changed: HashSet<EnrollmentKey> = HashSet::new();
     for request in requests {
         let state = states.get(&request.key);
         let fingerprint = request.command.fingerprint();
-        let previous = state
-            .and(request.idempotency_key.as_ref())
-            .and_then(|idempotency_key| {
-                stored.get(&(request.key.clone(), idempotency_key.clone()))
-            });
+        let previous = match (state, &request.idempotency_key) {
+            (Some(_), Some(idempotency_key)) => fresh
+                .get(&request.key)
+                .and_then(|keys| keys.get(idempotency_key))
+                .map(|index| {
+                    let (entry, fingerprint) = &plan.new_entries[*index];
+                    (*fingerprint, entry)
+                })
+                .or_else(|| {
+                    loaded
+                        .get(&request.key)
+                        .and_then(|keys| keys.get(idempotency_key))
+                        .map(|operation| (operation.fingerprint, &operation.entry))
+                }),
+            _ => None,
+        };
         let outcome = match previous {
-            Some(previous) if previous.fingerprint == fingerprint => {
-                Outcome::Replayed(previous.entry.clone())
-            }
+            Some((previous, entry)) if previous == fingerprint => Outcome::Replayed(entry.clone()),
             Some(_) => Outcome::Rejected(Rejection::IdempotencyKeyReused(
                 request
                     .idempotency_key
@@ -105,27 +125,32 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                 Err(rejection) => Outcome::Rejected(rejection),
                 Ok(Applied::Unchanged(enrollment)) => Outcome::Unchanged(enrollment),
                 Ok(Applied::Entry(entry)) => {
-                    if state.is_none() {
-                        plan.created.insert(request.key.clone());
+                    let next = EnrollmentState {
+                        enrollment: entry.enrollment.clone(),
+                        last_hash: entry.hash,
+                    };
+                    match states.get_mut(&request.key) {
+                        Some(state) => *state = next,
+                        None => {
+                            plan.created.insert(request.key.clone());
+                            states.insert(request.key.clone(), next);
+                        }
                     }
-                    if !changed_order.contains(&request.key) {
+                    if !changed.contains(&request.key) {
+                        changed.insert(request.key.clone());
                         changed_order.push(request.key.clone());
                     }
-                    states.insert(
-                        request.key.clone(),
-                        EnrollmentState {
-                            enrollment: entry.enrollment.clone(),
-                            last_hash: entry.hash,
-                        },
-                    );
                     if let Some(idempotency_key) = &request.idempotency_key {
-                        stored.insert(
-                            (request.key.clone(), idempotency_key.clone()),
-                            StoredOperation {
-                                fingerprint,
-                                entry: entry.clone(),
-                            },
-                        );
+                        let index = plan.new_entries.len();
+                        match fresh.get_mut(&request.key) {
+                            Some(keys) => {
+                                keys.insert(idempotency_key.clone(), index);
+                            }
+                            None => {
+                                let keys = HashMap::from([(idempotency_key.clone(), index)]);
+                                fresh.insert(request.key.clone(), keys);
+                            }
+                        }
                     }
                     plan.new_entries.push((entry.clone(), fingerprint));
                     Outcome::Accepted(entry)

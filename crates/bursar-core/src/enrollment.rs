@@ -237,22 +237,32 @@ impl Enrollment {
         self.amount_paid = amounts.paid;
         self.amount_credited = amounts.credited;
         self.amount_refunded = amounts.refunded;
-        self.amount_due = amounts.due();
-        self.payment_status = if amounts.due() == 0 {
+        let derived = self.derive(&amounts);
+        self.amount_due = derived.amount_due;
+        self.payment_status = derived.payment_status;
+        self.access_status = derived.access_status;
+        self.status = derived.status;
+    }
+
+    /// What the derived fields must be for these amounts, given the statuses
+    /// the enrollment had before (access remembers whether it was ever
+    /// granted; cancellation and completion are set explicitly).
+    fn derive(&self, amounts: &Amounts) -> Derived {
+        let payment_status = if amounts.due() == 0 {
             PaymentStatus::Completed
         } else if amounts.settled() > 0 {
             PaymentStatus::Partial
         } else {
             PaymentStatus::Pending
         };
-        self.access_status = if self.access_policy.holds(&amounts) {
+        let access_status = if self.access_policy.holds(amounts) {
             AccessStatus::Granted
         } else if self.access_status == AccessStatus::Locked {
             AccessStatus::Locked
         } else {
             AccessStatus::Revoked
         };
-        self.status = match (self.status, self.access_status) {
+        let status = match (self.status, access_status) {
             (EnrollmentStatus::Cancelled, _) => EnrollmentStatus::Cancelled,
             // Completion is kept only while access holds: a completed course
             // whose payment is refunded is suspended like any other.
@@ -261,29 +271,42 @@ impl Enrollment {
             (_, AccessStatus::Granted) => EnrollmentStatus::Active,
             (_, AccessStatus::Revoked) => EnrollmentStatus::Suspended,
         };
+        Derived {
+            amount_due: amounts.due(),
+            payment_status,
+            access_status,
+            status,
+        }
     }
 
-    /// Every invariant an enrollment must satisfy, statuses included.
+    /// Every invariant an enrollment must satisfy, statuses included. Runs on
+    /// every write and every read, so it allocates nothing unless broken.
     pub fn check(&self) -> Result<(), String> {
         let amounts = self.amounts();
         amounts.check()?;
-        let mut derived = self.clone();
-        derived.set_amounts(amounts);
-        if derived != *self {
+        let derived = self.derive(&amounts);
+        let stored = Derived {
+            amount_due: self.amount_due,
+            payment_status: self.payment_status,
+            access_status: self.access_status,
+            status: self.status,
+        };
+        if derived != stored {
             return Err(format!(
-                "stored fields disagree with the amounts: due {} / {:?} / {:?} / {:?}, derived due {} / {:?} / {:?} / {:?}",
-                self.amount_due,
-                self.payment_status,
-                self.access_status,
-                self.status,
-                derived.amount_due,
-                derived.payment_status,
-                derived.access_status,
-                derived.status
+                "stored fields disagree with the amounts: stored {stored:?}, derived {derived:?}"
             ));
         }
         Ok(())
     }
+}
+
+/// The fields of an enrollment that follow from its amounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Derived {
+    amount_due: i64,
+    payment_status: PaymentStatus,
+    access_status: AccessStatus,
+    status: EnrollmentStatus,
 }
 
 #[cfg(test)]

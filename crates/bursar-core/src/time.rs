@@ -32,20 +32,39 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Timestamp {
+    /// The 27 bytes of `YYYY-MM-DDTHH:MM:SS.ffffffZ`. Written digit by digit:
+    /// every ledger entry renders several timestamps, so this is on the write
+    /// path. Years outside 0..=9999 cannot be rendered in this form and are
+    /// clamped (server clocks do not reach them).
+    fn rfc3339_bytes(self) -> [u8; 27] {
         let seconds = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000);
         let days = seconds.div_euclid(86_400);
         let second_of_day = seconds.rem_euclid(86_400);
         let (year, month, day) = civil_from_days(days);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            second_of_day / 3600,
-            second_of_day / 60 % 60,
-            second_of_day % 60
-        )
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |start: usize, width: usize, mut value: i64| {
+            for index in (start..start + width).rev() {
+                out[index] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year.clamp(0, 9999));
+        put(5, 2, i64::from(month));
+        put(8, 2, i64::from(day));
+        put(11, 2, second_of_day / 3600);
+        put(14, 2, second_of_day / 60 % 60);
+        put(17, 2, second_of_day % 60);
+        put(20, 6, micros);
+        out
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.rfc3339_bytes();
+        f.write_str(std::str::from_utf8(&bytes).expect("ASCII digits and separators"))
     }
 }
 
@@ -107,7 +126,8 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let bytes = self.rfc3339_bytes();
+        serializer.serialize_str(std::str::from_utf8(&bytes).expect("ASCII digits and separators"))
     }
 }
 

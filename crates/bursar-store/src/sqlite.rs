@@ -159,6 +159,17 @@ fn map_error(error: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Page cache of the one writer connection: the hot pages of the ledger's
+/// tail and of the idempotency index stay in memory; colder pages come from
+/// the operating system's file cache.
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+/// Page cache of each reader connection: reads are point lookups and ledger
+/// pages, well served by the operating system's file cache, and there may be
+/// several readers, so each keeps little.
+const READER_CACHE_KIB: u32 = 4 * 1024;
+
+/// Opens the writer (`create`: may create the file) or a reader.
 fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -170,6 +181,7 @@ fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, 
         StoreError::Unavailable(format!("cannot open {}: {error}", options.path.display()))
     })?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
+    let cache_kib = if create { WRITER_CACHE_KIB } else { READER_CACHE_KIB };
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -177,7 +189,7 @@ fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, 
     };
     connection
         .execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -{cache_kib}; PRAGMA temp_store = MEMORY;"
         ))
         .map_err(map_error)?;
     Ok(connection)

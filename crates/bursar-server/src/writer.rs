@@ -10,10 +10,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 /// Operations that may wait in the queue at once. Beyond it a write is
-/// answered 503 `OVERLOADED` at once instead of queueing without bound: at
-/// the tens of thousands of operations per second one writer commits, this
-/// is a few seconds of work, and a few megabytes of memory.
-pub const QUEUE_OPERATIONS_MAX: usize = 65_536;
+/// answered 503 `OVERLOADED` at once instead of queueing without bound. It
+/// holds 32 full batches of `/v1/batch`, so bulk loaders keep the writer busy
+/// while they wait; at the rate one writer commits that is a few seconds of
+/// work, and at about 300 bytes a queued operation under 100 MB of memory.
+pub const QUEUE_OPERATIONS_MAX: usize = 262_144;
 
 /// Operations gathered into one transaction at most. Big enough that one
 /// fsync is shared by thousands of payments, small enough that one commit

@@ -34,13 +34,25 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The longest `GET /v1/audit` may take; `bursar audit` has no limit.
 pub const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Everything a request handler needs.
+/// Everything a request handler needs. axum clones the state for every
+/// extractor and middleware, so it is one `Arc`: a clone is one atomic
+/// increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
     pub store: Store,
     pub writer: Writer,
-    pub auth: Arc<Auth>,
+    pub auth: Auth,
     pub metrics: Arc<Metrics>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// A bursar service, opened and ready to serve.
@@ -59,12 +71,12 @@ impl App {
         let (auth, created_admin_token) = Auth::load(store.clone(), admin_token).await?;
         let (writer, writer_task) = Writer::start(store.clone(), metrics.clone());
         Ok(App {
-            state: AppState {
+            state: AppState(Arc::new(Services {
                 store,
                 writer,
-                auth: Arc::new(auth),
+                auth,
                 metrics,
-            },
+            })),
             writer_task,
             created_admin_token,
         })

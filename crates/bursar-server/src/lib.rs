@@ -186,11 +186,9 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// Counts and times every request by route and status.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // `MatchedPath` is a shared string: cloning it does not allocate.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = match *request.method() {
         axum::http::Method::GET => "GET",
         axum::http::Method::POST => "POST",

@@ -180,12 +180,16 @@ CREATE TABLE ledger (
     snapshot TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
+    -- One column naming the (enrollment, idempotency key) pair: '/' cannot
+    -- occur in ids, so the text is unambiguous. Looked up on its own unique
+    -- index, which no other index can shadow in a plan (NULL for the
+    -- entries without a key).
+    idempotency_lookup TEXT GENERATED ALWAYS AS
+        (user_id || '/' || course_id || '/' || idempotency_key) STORED,
     PRIMARY KEY (user_id, course_id, seq)
 );
 
-CREATE UNIQUE INDEX ledger_idempotency_key
-    ON ledger (user_id, course_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX ledger_idempotency_lookup ON ledger (idempotency_lookup);
 
 CREATE TABLE api_tokens (
     token_hash BYTEA PRIMARY KEY,
@@ -292,6 +296,17 @@ impl PostgresOptions {
         if config.get_application_name().is_none() {
             config.application_name("bursar");
         }
+        // Plan every statement for the tables as they are now. A generic
+        // plan cached while the ledger was empty keeps scanning the whole
+        // ledger for idempotency keys long after it has grown, until
+        // autovacuum happens to analyze it (seen on a fresh database: 24
+        // million rows read in six seconds, a third of the throughput).
+        let custom_plans = "-c plan_cache_mode=force_custom_plan";
+        let options = match config.get_options() {
+            Some(given) => format!("{custom_plans} {given}"),
+            None => custom_plans.to_owned(),
+        };
+        config.options(&options);
         Ok(PostgresOptions {
             config,
             tls_mode,
@@ -1041,10 +1056,12 @@ const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amou
      WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
      ORDER BY user_id, course_id FOR UPDATE";
 
+/// The stored operations of a batch's (enrollment, idempotency key) pairs,
+/// by the one-column unique index: a plan on the primary key with a filter
+/// would walk an enrollment's whole ledger for every key.
 const LOAD_STORED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
      reference, reason, created_at, snapshot, prev_hash, hash, user_id, course_id FROM ledger \
-     WHERE (user_id, course_id, idempotency_key) IN \
-     (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]))";
+     WHERE idempotency_lookup = ANY($1::TEXT[])";
 
 const INSERT_ENROLLMENTS: &str = "INSERT INTO enrollments (user_id, course_id, currency, price, \
      amount_charged, amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
@@ -1100,16 +1117,13 @@ async fn execute_batch(
         .filter(|(key, _)| input.states.contains_key(key))
         .collect();
     if !wanted.is_empty() {
-        let user_ids: Vec<&str> = wanted.iter().map(|(key, _)| key.user_id.as_str()).collect();
-        let course_ids: Vec<&str> = wanted
+        let lookups: Vec<String> = wanted
             .iter()
-            .map(|(key, _)| key.course_id.as_str())
+            .map(|(key, idempotency_key)| {
+                format!("{}/{}/{idempotency_key}", key.user_id, key.course_id)
+            })
             .collect();
-        let idempotency: Vec<&str> = wanted.iter().map(|(_, key)| key.as_str()).collect();
-        for row in transaction
-            .query(&load_stored, &[&user_ids, &course_ids, &idempotency])
-            .await?
-        {
+        for row in transaction.query(&load_stored, &[&lookups]).await? {
             let key = row_key(&row, 12).map_err(StoreError::Internal)?;
             let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
             let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {

@@ -181,7 +181,11 @@ fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, 
         StoreError::Unavailable(format!("cannot open {}: {error}", options.path.display()))
     })?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
-    let cache_kib = if create { WRITER_CACHE_KIB } else { READER_CACHE_KIB };
+    let cache_kib = if create {
+        WRITER_CACHE_KIB
+    } else {
+        READER_CACHE_KIB
+    };
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",

@@ -60,8 +60,9 @@
 //! - row locks with `SELECT … FOR UPDATE`, and correctness that does not rest
 //!   on them alone: the `version = old` guard on every update turns a lost
 //!   race into a retry even where locking is weaker;
-//! - plain tables, a partial unique index, `INSERT … ON CONFLICT DO NOTHING`,
-//!   `UPDATE … FROM`, multi-argument `UNNEST` and row-value `IN`;
+//! - plain tables, a stored generated column with a unique index (the
+//!   idempotency lookup), `INSERT … ON CONFLICT DO NOTHING`, `UPDATE … FROM`,
+//!   multi-argument `UNNEST`, `= ANY(array)` and row-value `IN`;
 //! - no advisory locks, no `LOCK TABLE`, no `LISTEN`/`NOTIFY`, no sequences,
 //!   triggers or stored procedures. Migrations serialize on a row lock in
 //!   `bursar_schema_migrations` rather than on an advisory lock.
@@ -296,17 +297,6 @@ impl PostgresOptions {
         if config.get_application_name().is_none() {
             config.application_name("bursar");
         }
-        // Plan every statement for the tables as they are now. A generic
-        // plan cached while the ledger was empty keeps scanning the whole
-        // ledger for idempotency keys long after it has grown, until
-        // autovacuum happens to analyze it (seen on a fresh database: 24
-        // million rows read in six seconds, a third of the throughput).
-        let custom_plans = "-c plan_cache_mode=force_custom_plan";
-        let options = match config.get_options() {
-            Some(given) => format!("{custom_plans} {given}"),
-            None => custom_plans.to_owned(),
-        };
-        config.options(&options);
         Ok(PostgresOptions {
             config,
             tls_mode,
@@ -1099,7 +1089,6 @@ async fn execute_batch(
     now: Timestamp,
 ) -> Result<Vec<Outcome>, Failure> {
     let lock = client.prepare_cached(LOCK_ENROLLMENTS).await?;
-    let load_stored = client.prepare_cached(LOAD_STORED).await?;
     let transaction = client.transaction().await?;
     let mut input = BatchInput::default();
 
@@ -1123,7 +1112,12 @@ async fn execute_batch(
                 format!("{}/{}/{idempotency_key}", key.user_id, key.course_id)
             })
             .collect();
-        for row in transaction.query(&load_stored, &[&lookups]).await? {
+        // Not a cached prepared statement: an unnamed one is planned for
+        // each batch with the ledger as it is now. A generic plan cached
+        // while the ledger was empty keeps scanning all of it, long after it
+        // has grown, until autovacuum happens to analyze it (seen on a fresh
+        // database: 24 million rows read in six seconds).
+        for row in transaction.query(LOAD_STORED, &[&lookups]).await? {
             let key = row_key(&row, 12).map_err(StoreError::Internal)?;
             let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
             let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {

@@ -6,7 +6,7 @@ mod load_test;
 use anyhow::{Context, bail};
 use bursar_server::App;
 use bursar_server::auth::{Role, create_token};
-use bursar_store::{DatabaseUrl, Store};
+use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ async fn open_existing(url: &str) -> anyhow::Result<Store> {
     }
     Store::open(url)
         .await
-        .with_context(|| format!("failed to open {url}"))
+        .with_context(|| format!("failed to open {}", redact_url(url)))
 }
 
 async fn shutdown_signal() {
@@ -163,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logs(log_format);
             let app = App::open(&database.database, admin_token.as_deref())
                 .await
-                .with_context(|| format!("failed to open {}", database.database))?;
+                .with_context(|| format!("failed to open {}", redact_url(&database.database)))?;
             if let Some(token) = &app.created_admin_token {
                 println!("bursar: no API token was configured, so an admin token was created.");
                 println!("bursar: it is shown only this once; keep it safe:");
@@ -233,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::LoadTest(args) => load_test::run(args).await,
         Commands::Migrate { database } => {
             Store::open(&database.database).await?;
-            println!("{} is migrated", database.database);
+            println!("{} is migrated", redact_url(&database.database));
             Ok(ExitCode::SUCCESS)
         }
     }

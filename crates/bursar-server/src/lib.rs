@@ -216,7 +216,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let status = response.status().as_u16();
     state
         .metrics
-        .observe_request(&route, method, status, started.elapsed());
+        .observe_request(route, method, status, started.elapsed());
     if status >= 500 {
         tracing::warn!(route, method, status, "request failed");
     } else {

@@ -28,7 +28,7 @@
 #
 #   cargo build --release -p bursar
 #   bench/pg_compare.sh [--postgres URL] [--duration SECONDS] [--clients N]
-#                       [--runs N] [--bursar PATH] [--perf FILE]
+#                       [--runs N] [--bursar PATH] [--perf FILE] [--keep DIR]
 #
 #   --postgres  the server, as postgres://USER@HOST:PORT (default
 #               postgres://postgres@127.0.0.1:5432, or $BENCH_POSTGRES_URL);
@@ -40,6 +40,9 @@
 #   --bursar    the bursar binary (default target/release/bursar)
 #   --perf      record a perf profile of `bursar serve` during the last run
 #               of (b) into FILE (needs perf)
+#   --keep      copy every raw output (pgbench's output and per-transaction
+#               logs, the load tester's JSON reports, the server logs) into
+#               the directory DIR
 #
 # Needs psql, pgbench, python3 and curl. The server must allow CLIENTS
 # connections on top of what else is connected (max_connections).
@@ -52,6 +55,7 @@ clients=100
 runs=1
 bursar=target/release/bursar
 perf_output=""
+keep_dir=""
 
 usage() {
     sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
@@ -66,6 +70,7 @@ while [[ $# -gt 0 ]]; do
         --runs) runs=$2; shift 2 ;;
         --bursar) bursar=$2; shift 2 ;;
         --perf) perf_output=$2; shift 2 ;;
+        --keep) keep_dir=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
     esac
@@ -124,6 +129,9 @@ cleanup() {
     for database in "${databases[@]}"; do
         sql "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
     done
+    if [[ -n $keep_dir ]]; then
+        mkdir -p "$keep_dir" && cp -r "$work"/. "$keep_dir"/
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -217,9 +225,12 @@ measure_bursar() {
     local database="bench_bursar_${stamp}_${run}"
     create_database "$database"
     local token="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    # The file exists before the server starts, so polling it never races
+    # the redirection.
+    : >"$work/serve_$run.out"
     BURSAR_ADMIN_TOKEN=$token "$bursar" serve --listen 127.0.0.1:0 \
         --database "$(database_url "$database")" \
-        >"$work/serve_$run.out" 2>"$work/serve_$run.log" &
+        >>"$work/serve_$run.out" 2>"$work/serve_$run.log" &
     serve_pid=$!
     local base=""
     for _ in $(seq 600); do

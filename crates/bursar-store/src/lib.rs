@@ -7,7 +7,9 @@ mod sqlite;
 pub mod testing;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
-use bursar_core::{Enrollment, EnrollmentKey, LedgerEntry, Outcome, Request, Timestamp, UserId};
+use bursar_core::{
+    Enrollment, EnrollmentKey, EnrollmentState, LedgerEntry, Outcome, Request, Timestamp, UserId,
+};
 use serde::Serialize;
 use std::path::Path;
 
@@ -196,16 +198,32 @@ impl Store {
 }
 
 /// The per-enrollment audit every backend shares: the backend streams the
-/// ledger into `verifier` and notes what it could not read, then this
-/// compares the newest entry with the stored enrollment and adds the
+/// ledger into `verifier` and notes what it could not read, then this checks
+/// that the stored enrollment's `last_hash` is its newest entry's hash,
+/// compares the newest entry with the stored enrollment, and adds the
 /// enrollment's disagreements and counts to the report.
 pub(crate) fn audit_one(
-    verifier: ChainVerifier,
-    stored: Option<&Enrollment>,
+    mut verifier: ChainVerifier,
+    stored: Option<&EnrollmentState>,
     report: &mut AuditReport,
 ) {
+    if let Some(state) = stored
+        && verifier
+            .last_hash()
+            .is_some_and(|last_hash| last_hash != state.last_hash)
+    {
+        verifier.note(
+            None,
+            format!(
+                "the enrollment's last_hash {} is not its newest entry's hash",
+                state.last_hash
+            ),
+        );
+    }
     report.enrollments += u64::from(stored.is_some());
     report.entries += verifier.entries();
-    report.disagreements.extend(verifier.finish(stored));
+    report
+        .disagreements
+        .extend(verifier.finish(stored.map(|state| &state.enrollment)));
     report.ok = report.disagreements.is_empty();
 }

@@ -864,24 +864,7 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 Err(problem) => verifier.note(None, problem),
             }
         }
-        if let Some(state) = &stored
-            && verifier
-                .last_hash()
-                .is_some_and(|last_hash| last_hash != state.last_hash)
-        {
-            verifier.note(
-                None,
-                format!(
-                    "the enrollment's last_hash {} is not its newest entry's hash",
-                    state.last_hash
-                ),
-            );
-        }
-        audit_one(
-            verifier,
-            stored.as_ref().map(|state| &state.enrollment),
-            &mut report,
-        );
+        audit_one(verifier, stored.as_ref(), &mut report);
     }
     Ok(report)
 }

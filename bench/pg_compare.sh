@@ -224,7 +224,8 @@ measure_bursar() {
     local run=$1 profile=$2
     local database="bench_bursar_${stamp}_${run}"
     create_database "$database"
-    local token="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    local token
+    token="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
     # The file exists before the server starts, so polling it never races
     # the redirection.
     : >"$work/serve_$run.out"

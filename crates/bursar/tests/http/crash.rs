@@ -4,7 +4,7 @@
 //! process exits 0.
 
 use crate::cli::{Serve, audit, sqlite_url};
-use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{ADMIN_TOKEN, pay_raw as pay};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -51,33 +51,6 @@ async fn enroll(client: &reqwest::Client, serve: &Serve, course: &str) {
         .await
         .expect("enroll");
     assert_eq!(response.status(), StatusCode::CREATED);
-}
-
-/// Sends one payment. `Err` means no answer came (the connection failed or
-/// was cut); otherwise the status, the `Idempotent-Replayed` header and the
-/// body.
-async fn pay(
-    client: &reqwest::Client,
-    base: &str,
-    course: &str,
-    key: &str,
-    amount: i64,
-) -> Result<(StatusCode, bool, String), reqwest::Error> {
-    let response = client
-        .post(format!("{base}/v1/users/u1/courses/{course}/payments"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("Idempotency-Key", key)
-        .header("Content-Type", "application/json")
-        .body(json!({"amount": amount}).to_string())
-        .send()
-        .await?;
-    let status = response.status();
-    let replayed = response
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|value| value == "true");
-    let body = response.text().await?;
-    Ok((status, replayed, body))
 }
 
 /// Starts `PAYERS` clients that each pay, one request after another with

@@ -309,3 +309,31 @@ impl TestApp {
         (TestApp::spawn_on(db, backend).await, tokens)
     }
 }
+
+/// Sends one payment into `u1`'s enrollment in `course` on the server at
+/// `base`, as the crash and fault tests do. `Err` means no answer came (the
+/// connection failed or was cut); otherwise the status, the
+/// `Idempotent-Replayed` header and the body.
+pub async fn pay_raw(
+    client: &reqwest::Client,
+    base: &str,
+    course: &str,
+    key: &str,
+    amount: i64,
+) -> Result<(StatusCode, bool, String), reqwest::Error> {
+    let response = client
+        .post(format!("{base}/v1/users/u1/courses/{course}/payments"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(json!({"amount": amount}).to_string())
+        .send()
+        .await?;
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true");
+    let body = response.text().await?;
+    Ok((status, replayed, body))
+}

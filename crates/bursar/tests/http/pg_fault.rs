@@ -14,7 +14,7 @@
 //! installed.
 
 use crate::cli::{Serve, audit};
-use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{ADMIN_TOKEN, pay_raw as pay};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -304,31 +304,6 @@ fn client() -> reqwest::Client {
         .timeout(CLIENT_TIMEOUT)
         .build()
         .expect("HTTP client")
-}
-
-/// Sends one payment and reads the whole answer; the `Idempotent-Replayed`
-/// header comes back with it.
-async fn pay(
-    client: &reqwest::Client,
-    base: &str,
-    course: &str,
-    key: &str,
-    amount: i64,
-) -> Result<(StatusCode, bool, String), reqwest::Error> {
-    let response = client
-        .post(format!("{base}/v1/users/u1/courses/{course}/payments"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("Idempotency-Key", key)
-        .header("Content-Type", "application/json")
-        .body(json!({"amount": amount}).to_string())
-        .send()
-        .await?;
-    let status = response.status();
-    let replayed = response
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|value| value == "true");
-    Ok((status, replayed, response.text().await?))
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {

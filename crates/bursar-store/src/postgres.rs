@@ -1165,49 +1165,30 @@ fn policy_columns(policy: &AccessPolicy) -> (&'static str, Option<i64>) {
     }
 }
 
+/// One array parameter of a bulk statement: a field of every state.
+fn column<'a, T>(states: &[&'a EnrollmentState], get: impl Fn(&'a EnrollmentState) -> T) -> Vec<T> {
+    states.iter().map(|state| get(state)).collect()
+}
+
 async fn insert_enrollments(
     transaction: &deadpool_postgres::Transaction<'_>,
     states: &[&EnrollmentState],
 ) -> Result<(), Failure> {
-    let column = |get: fn(&EnrollmentState) -> i64| -> Vec<i64> {
-        states.iter().map(|state| get(state)).collect()
-    };
-    let user_ids: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.user_id.as_str())
-        .collect();
-    let course_ids: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.course_id.as_str())
-        .collect();
-    let currencies: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.currency.as_str())
-        .collect();
-    let payment_statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.payment_status.as_str())
-        .collect();
-    let policy_kinds: Vec<&str> = states
-        .iter()
-        .map(|state| policy_columns(&state.enrollment.access_policy).0)
-        .collect();
-    let policy_amounts: Vec<Option<i64>> = states
-        .iter()
-        .map(|state| policy_columns(&state.enrollment.access_policy).1)
-        .collect();
-    let access_statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.access_status.as_str())
-        .collect();
-    let statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.status.as_str())
-        .collect();
-    let last_hashes: Vec<String> = states
-        .iter()
-        .map(|state| state.last_hash.to_hex())
-        .collect();
+    let user_ids: Vec<&str> = column(states, |state| state.enrollment.user_id.as_str());
+    let course_ids: Vec<&str> = column(states, |state| state.enrollment.course_id.as_str());
+    let currencies: Vec<&str> = column(states, |state| state.enrollment.currency.as_str());
+    let payment_statuses: Vec<&str> =
+        column(states, |state| state.enrollment.payment_status.as_str());
+    let policy_kinds: Vec<&str> = column(states, |state| {
+        policy_columns(&state.enrollment.access_policy).0
+    });
+    let policy_amounts: Vec<Option<i64>> = column(states, |state| {
+        policy_columns(&state.enrollment.access_policy).1
+    });
+    let access_statuses: Vec<&str> =
+        column(states, |state| state.enrollment.access_status.as_str());
+    let statuses: Vec<&str> = column(states, |state| state.enrollment.status.as_str());
+    let last_hashes: Vec<String> = column(states, |state| state.last_hash.to_hex());
     let statement = transaction.prepare_cached(INSERT_ENROLLMENTS).await?;
     transaction
         .execute(
@@ -1216,20 +1197,20 @@ async fn insert_enrollments(
                 &user_ids,
                 &course_ids,
                 &currencies,
-                &column(|state| state.enrollment.price),
-                &column(|state| state.enrollment.amount_charged),
-                &column(|state| state.enrollment.amount_paid),
-                &column(|state| state.enrollment.amount_credited),
-                &column(|state| state.enrollment.amount_refunded),
-                &column(|state| state.enrollment.amount_due),
+                &column(states, |state| state.enrollment.price),
+                &column(states, |state| state.enrollment.amount_charged),
+                &column(states, |state| state.enrollment.amount_paid),
+                &column(states, |state| state.enrollment.amount_credited),
+                &column(states, |state| state.enrollment.amount_refunded),
+                &column(states, |state| state.enrollment.amount_due),
                 &payment_statuses,
                 &policy_kinds,
                 &policy_amounts,
                 &access_statuses,
                 &statuses,
-                &column(|state| state.enrollment.version as i64),
-                &column(|state| state.enrollment.created_at.unix_micros()),
-                &column(|state| state.enrollment.updated_at.unix_micros()),
+                &column(states, |state| state.enrollment.version as i64),
+                &column(states, |state| state.enrollment.created_at.unix_micros()),
+                &column(states, |state| state.enrollment.updated_at.unix_micros()),
                 &last_hashes,
             ],
         )
@@ -1242,37 +1223,17 @@ async fn update_enrollments(
     states: &[&EnrollmentState],
     versions_before: &HashMap<EnrollmentKey, u64>,
 ) -> Result<(), Failure> {
-    let column = |get: fn(&EnrollmentState) -> i64| -> Vec<i64> {
-        states.iter().map(|state| get(state)).collect()
-    };
-    let user_ids: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.user_id.as_str())
-        .collect();
-    let course_ids: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.course_id.as_str())
-        .collect();
-    let payment_statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.payment_status.as_str())
-        .collect();
-    let access_statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.access_status.as_str())
-        .collect();
-    let statuses: Vec<&str> = states
-        .iter()
-        .map(|state| state.enrollment.status.as_str())
-        .collect();
-    let last_hashes: Vec<String> = states
-        .iter()
-        .map(|state| state.last_hash.to_hex())
-        .collect();
-    let before: Vec<i64> = states
-        .iter()
-        .map(|state| versions_before[&state.enrollment.key()] as i64)
-        .collect();
+    let user_ids: Vec<&str> = column(states, |state| state.enrollment.user_id.as_str());
+    let course_ids: Vec<&str> = column(states, |state| state.enrollment.course_id.as_str());
+    let payment_statuses: Vec<&str> =
+        column(states, |state| state.enrollment.payment_status.as_str());
+    let access_statuses: Vec<&str> =
+        column(states, |state| state.enrollment.access_status.as_str());
+    let statuses: Vec<&str> = column(states, |state| state.enrollment.status.as_str());
+    let last_hashes: Vec<String> = column(states, |state| state.last_hash.to_hex());
+    let before: Vec<i64> = column(states, |state| {
+        versions_before[&state.enrollment.key()] as i64
+    });
     let statement = transaction.prepare_cached(UPDATE_ENROLLMENTS).await?;
     let updated = transaction
         .execute(
@@ -1280,16 +1241,16 @@ async fn update_enrollments(
             &[
                 &user_ids,
                 &course_ids,
-                &column(|state| state.enrollment.amount_charged),
-                &column(|state| state.enrollment.amount_paid),
-                &column(|state| state.enrollment.amount_credited),
-                &column(|state| state.enrollment.amount_refunded),
-                &column(|state| state.enrollment.amount_due),
+                &column(states, |state| state.enrollment.amount_charged),
+                &column(states, |state| state.enrollment.amount_paid),
+                &column(states, |state| state.enrollment.amount_credited),
+                &column(states, |state| state.enrollment.amount_refunded),
+                &column(states, |state| state.enrollment.amount_due),
                 &payment_statuses,
                 &access_statuses,
                 &statuses,
-                &column(|state| state.enrollment.version as i64),
-                &column(|state| state.enrollment.updated_at.unix_micros()),
+                &column(states, |state| state.enrollment.version as i64),
+                &column(states, |state| state.enrollment.updated_at.unix_micros()),
                 &last_hashes,
                 &before,
             ],

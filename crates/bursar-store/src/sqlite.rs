@@ -303,12 +303,13 @@ impl SqliteStore {
         let user_id = user_id.clone();
         self.read(move |connection| {
             let mut statement = connection
-                .prepare_cached(&format!(
-                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT ?2"
-                ))
+                .prepare_cached(SELECT_USER_ENROLLMENTS)
                 .map_err(map_error)?;
             let rows = statement
-                .query_map(params![user_id.as_str(), USER_ENROLLMENTS_MAX as i64], read_enrollment_row)
+                .query_map(
+                    params![user_id.as_str(), USER_ENROLLMENTS_MAX as i64],
+                    read_enrollment_row,
+                )
                 .map_err(map_error)?;
             let mut enrollments = Vec::new();
             for row in rows {
@@ -482,12 +483,60 @@ fn execute_batch(
     Ok(plan.outcomes)
 }
 
-const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price, amount_charged, amount_paid, \
-     amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
-     access_policy_amount, access_status, status, version, created_at, updated_at, last_hash";
+/// The columns of an enrollment row, in the order `read_enrollment_row`
+/// reads them. Macros rather than constants, so the statements below are
+/// whole literals: preparing a cached statement then costs no formatting.
+macro_rules! enrollment_columns {
+    () => {
+        "user_id, course_id, currency, price, amount_charged, amount_paid, \
+         amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
+         access_policy_amount, access_status, status, version, created_at, updated_at, last_hash"
+    };
+}
 
-const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-     reason, created_at, snapshot, prev_hash, hash";
+/// The columns of a ledger row, in the order `read_entry_row` reads them.
+macro_rules! entry_columns {
+    () => {
+        "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
+         reason, created_at, snapshot, prev_hash, hash"
+    };
+}
+
+const SELECT_ENROLLMENT: &str = concat!(
+    "SELECT ",
+    enrollment_columns!(),
+    " FROM enrollments WHERE user_id = ?1 AND course_id = ?2"
+);
+
+const SELECT_USER_ENROLLMENTS: &str = concat!(
+    "SELECT ",
+    enrollment_columns!(),
+    " FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT ?2"
+);
+
+const INSERT_ENROLLMENT: &str = concat!(
+    "INSERT INTO enrollments (",
+    enrollment_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+);
+
+const SELECT_ENTRIES_AFTER: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+);
+
+const SELECT_STORED: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND idempotency_key = ?3"
+);
+
+const SELECT_ALL_ENTRIES: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 ORDER BY seq"
+);
 
 const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
      idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash) \
@@ -600,9 +649,7 @@ fn load_state(
     key: &EnrollmentKey,
 ) -> Result<Option<EnrollmentState>, StoreError> {
     let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"
-        ))
+        .prepare_cached(SELECT_ENROLLMENT)
         .map_err(map_error)?;
     let row = statement
         .query_row(
@@ -625,9 +672,7 @@ fn insert_enrollment(connection: &Connection, state: &EnrollmentState) -> Result
     let enrollment = &state.enrollment;
     let (policy_kind, policy_amount) = policy_columns(&enrollment.access_policy);
     let mut statement = connection
-        .prepare_cached(&format!(
-            "INSERT INTO enrollments ({ENROLLMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-        ))
+        .prepare_cached(INSERT_ENROLLMENT)
         .map_err(map_error)?;
     statement
         .execute(params![
@@ -752,9 +797,7 @@ fn load_entries(
     limit: u32,
 ) -> Result<Vec<EntryRow>, StoreError> {
     let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
-        ))
+        .prepare_cached(SELECT_ENTRIES_AFTER)
         .map_err(map_error)?;
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let rows = statement
@@ -777,9 +820,7 @@ fn load_stored(
     idempotency_key: &IdempotencyKey,
 ) -> Result<Option<StoredOperation>, StoreError> {
     let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND idempotency_key = ?3"
-        ))
+        .prepare_cached(SELECT_STORED)
         .map_err(map_error)?;
     let row = statement
         .query_row(
@@ -830,7 +871,7 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         let mut verifier = bursar_core::ChainVerifier::new(key.clone());
         let stored = {
             let mut statement = connection
-                .prepare_cached(&format!("SELECT {ENROLLMENT_COLUMNS} FROM enrollments WHERE user_id = ?1 AND course_id = ?2"))
+                .prepare_cached(SELECT_ENROLLMENT)
                 .map_err(map_error)?;
             let row = statement
                 .query_row(
@@ -851,9 +892,7 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         // The entries go from the statement to the verifier one row at a
         // time, so a ledger of any length is audited in the same memory.
         let mut entries = connection
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = ?1 AND course_id = ?2 ORDER BY seq"
-            ))
+            .prepare_cached(SELECT_ALL_ENTRIES)
             .map_err(map_error)?;
         let mut rows = entries
             .query(params![key.user_id.as_str(), key.course_id.as_str()])

@@ -15,7 +15,7 @@ pub const REASON_CHARS_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:@-]")]
+    #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:@-], not only dots")]
     BadId { what: &'static str, max: usize },
     #[error(
         "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters, without leading or trailing spaces"
@@ -31,7 +31,12 @@ fn is_id_char(c: char) -> bool {
 
 fn check_id(text: &str, what: &'static str) -> Result<(), IdError> {
     // All allowed characters are ASCII, so the byte length is the char count.
-    if (1..=ID_CHARS_MAX).contains(&text.len()) && text.chars().all(is_id_char) {
+    // An id of dots alone (`.`, `..`) is a path segment that proxies and
+    // clients normalise away, so no request could ever reach it.
+    if (1..=ID_CHARS_MAX).contains(&text.len())
+        && text.chars().all(is_id_char)
+        && !text.chars().all(|c| c == '.')
+    {
         Ok(())
     } else {
         Err(IdError::BadId {
@@ -139,6 +144,10 @@ mod tests {
         assert!(UserId::parse("é").is_err());
         assert!(UserId::parse(&"a".repeat(128)).is_ok());
         assert!(UserId::parse(&"a".repeat(129)).is_err());
+        assert!(UserId::parse(".").is_err());
+        assert!(CourseId::parse("..").is_err());
+        assert!(CourseId::parse("...").is_err());
+        assert!(CourseId::parse(".a.").is_ok());
     }
 
     #[test]

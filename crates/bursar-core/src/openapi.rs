@@ -46,29 +46,41 @@ fn integer(description: &str, minimum: i64) -> ObjectBuilder {
         .maximum(Some(OPERATION_AMOUNT_MAX as f64))
 }
 
+/// `[A-Za-z0-9._:@-]`, with at least one character that is not a dot: `.`
+/// and `..` are path segments that proxies and clients normalise away.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]*[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*$";
+
+/// Printable ASCII without a leading or trailing space.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~]*[!-~])?$";
+
+/// No control character (Unicode category Cc), and at least one character
+/// that is neither a control character nor white space. The classes are
+/// spelled out so every regular-expression engine reads them alike.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 scalar_schema!(crate::UserId, || text(
-    "A user id.",
-    Some("^[A-Za-z0-9._:@-]+$"),
+    "A user id: letters, digits and `._:@-`, not only dots.",
+    Some(ID_PATTERN),
     ID_CHARS_MAX
 ));
 scalar_schema!(crate::CourseId, || text(
-    "A course id.",
-    Some("^[A-Za-z0-9._:@-]+$"),
+    "A course id: letters, digits and `._:@-`, not only dots.",
+    Some(ID_PATTERN),
     ID_CHARS_MAX
 ));
 scalar_schema!(crate::IdempotencyKey, || text(
-    "An idempotency key: printable ASCII.",
-    Some("^[ -~]+$"),
+    "An idempotency key: printable ASCII, no leading or trailing space.",
+    Some(IDEMPOTENCY_KEY_PATTERN),
     IDEMPOTENCY_KEY_CHARS_MAX
 ));
 scalar_schema!(crate::Reference, || text(
-    "A caller's reference, e.g. a processor's charge id.",
-    None,
+    "A caller's reference, e.g. a processor's charge id: not blank, no control characters.",
+    Some(TEXT_PATTERN),
     REFERENCE_CHARS_MAX
 ));
 scalar_schema!(crate::Reason, || text(
-    "Why, in words for people.",
-    None,
+    "Why, in words for people: not blank, no control characters.",
+    Some(TEXT_PATTERN),
     REASON_CHARS_MAX
 ));
 scalar_schema!(crate::Currency, || text(

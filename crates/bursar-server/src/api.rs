@@ -14,7 +14,7 @@ use bursar_core::{
     Reason, Reference, Request,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -164,7 +164,7 @@ pub struct ErrorDetail {
     pub details: Option<serde_json::Value>,
 }
 
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).expect("a response body serializes");
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(
@@ -401,7 +401,8 @@ pub async fn cancel(
 /// The enrollment's ledger, oldest first: at most `limit` entries with `seq > after`.
 #[utoipa::path(get, path = "/v1/users/{user_id}/courses/{course_id}/ledger",
     params(("user_id" = String, Path), ("course_id" = String, Path),
-        ("after" = Option<u64>, Query), ("limit" = Option<u32>, Query, description = "1..=1000, default 100")),
+        ("after" = Option<u64>, Query, minimum = 0, description = "the seq after which to start, default 0"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1..=1000, default 100")),
     responses((status = 200, body = LedgerBody), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn ledger(
     State(state): State<AppState>,
@@ -455,35 +456,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "bursar", description = "Records what students owe and pay for course enrollments."),
-    paths(enroll, get_enrollment, list_enrollments, payment, pay_remaining, credit, refund, charge,
-        complete, cancel, ledger, crate::batch::batch, audit, healthz, readyz, metrics, openapi_json),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1")),
-    security(("bearer" = [])))]
-pub async fn openapi_json() -> Response {
-    json_response(StatusCode::OK, &ApiDoc::openapi())
 }
 
 /// The role a route needs: reads need `reader`, writes `writer`, the audit

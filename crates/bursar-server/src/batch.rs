@@ -28,7 +28,8 @@ pub const BATCH_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    /// At most 8,192.
+    /// 1 to 8,192 operations.
+    #[schema(min_items = 1, max_items = 8192)]
     pub operations: Vec<BatchOperation>,
     /// `full` (the default): every result carries the body the single
     /// operation's route would answer. `summary`: only status, code, seq and
@@ -63,6 +64,8 @@ pub enum BatchKind {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchOperation {
+    /// Checked per operation, like the rest of the operation: an invalid one
+    /// gets its 400 in place and the others still commit.
     pub user_id: String,
     pub course_id: String,
     pub kind: BatchKind,

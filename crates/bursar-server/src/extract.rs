@@ -138,9 +138,18 @@ impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match name {
                 "after" => {
-                    page.after = value.parse().map_err(|_| {
-                        ApiError::invalid("after must be a non-negative integer sequence number")
-                    })?
+                    // Sequence numbers are 64-bit signed integers in the
+                    // databases and in the OpenAPI document.
+                    page.after = value
+                        .parse()
+                        .ok()
+                        .filter(|after| *after <= i64::MAX as u64)
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!(
+                                "after must be an integer sequence number from 0 to {}",
+                                i64::MAX
+                            ))
+                        })?
                 }
                 "limit" => {
                     page.limit = value

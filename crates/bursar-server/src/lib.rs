@@ -7,6 +7,7 @@ pub mod batch;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod writer;
 
 use crate::auth::Auth;
@@ -153,7 +154,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(api::audit))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .route("/openapi.json", get(api::openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(authenticated)

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod load_test;
 mod many_servers;
+mod openapi;
 mod operations;
 mod pg_fault;
 mod scenarios;

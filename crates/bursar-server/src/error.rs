@@ -7,6 +7,94 @@ use bursar_core::Rejection;
 use bursar_store::StoreError;
 use serde_json::{Value, json};
 
+/// Every error code the API answers, with its status and when it is given:
+/// the table `docs/api.md` shows and the OpenAPI document lists. A test
+/// checks that every refusal of the core is here with the status
+/// `from_rejection` gives it.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    (
+        "INVALID_REQUEST",
+        400,
+        "malformed JSON, wrong types, out-of-range values, unknown fields, a missing or bad `Idempotency-Key`, bad ids or query parameters",
+    ),
+    (
+        "UNAUTHENTICATED",
+        401,
+        "no bearer token, or one that is unknown",
+    ),
+    ("FORBIDDEN", 403, "the token's role may not do this"),
+    (
+        "ENROLLMENT_NOT_FOUND",
+        404,
+        "no enrollment for this user and course",
+    ),
+    ("NOT_FOUND", 404, "no such route"),
+    (
+        "METHOD_NOT_ALLOWED",
+        405,
+        "the route exists, the method does not",
+    ),
+    (
+        "ENROLLMENT_EXISTS",
+        409,
+        "enrolling again with other terms (currency, price, access policy)",
+    ),
+    (
+        "IDEMPOTENCY_KEY_REUSED",
+        409,
+        "the key was used for a different operation or body on this enrollment",
+    ),
+    ("NOTHING_DUE", 409, "`pay-remaining` when nothing is due"),
+    (
+        "ENROLLMENT_CANCELLED",
+        409,
+        "a money operation on a cancelled enrollment",
+    ),
+    (
+        "INVALID_TRANSITION",
+        409,
+        "`complete` without access granted, `cancel` after money was paid, or either when already done",
+    ),
+    (
+        "PAYLOAD_TOO_LARGE",
+        413,
+        "the body, or the number of operations of a batch, is over its limit",
+    ),
+    ("OVERPAYMENT", 422, "a payment above the amount due"),
+    ("CREDIT_EXCEEDS_DUE", 422, "a credit above the amount due"),
+    ("REFUND_EXCEEDS_PAID", 422, "a refund above the amount paid"),
+    (
+        "CURRENCY_MISMATCH",
+        422,
+        "a payment in another currency than the enrollment's",
+    ),
+    (
+        "TOTAL_LIMIT_EXCEEDED",
+        422,
+        "price + charges, or the sum of refunds, would pass 10^15 minor units",
+    ),
+    (
+        "INTERNAL",
+        500,
+        "a bug; it is logged. Never the answer to bad input",
+    ),
+    (
+        "OVERLOADED",
+        503,
+        "the write queue is full; retry after `Retry-After` with the same key",
+    ),
+    (
+        "UNAVAILABLE",
+        503,
+        "the database cannot be reached, or the server is shutting down; retry with the same key",
+    ),
+    (
+        "TIMEOUT",
+        503,
+        "the request took longer than its limit; its outcome is unknown until retried with the same key",
+    ),
+];
+
 /// Seconds a client is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -148,5 +236,87 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bursar_core::{CourseId, Currency, EnrollmentKey, UserId};
+
+    /// One refusal of every kind: a new variant of `Rejection` fails to
+    /// compile here until it is added, and then must be in `ERROR_CODES`.
+    fn every_rejection() -> Vec<Rejection> {
+        let key = EnrollmentKey {
+            user_id: UserId::parse("u").expect("id"),
+            course_id: CourseId::parse("c").expect("id"),
+        };
+        let usd = Currency::parse("USD").expect("currency");
+        let all = vec![
+            Rejection::EnrollmentNotFound(key.clone()),
+            Rejection::EnrollmentExists {
+                key,
+                currency: usd,
+                price: 1,
+                policy: String::new(),
+            },
+            Rejection::IdempotencyKeyReused(String::new()),
+            Rejection::EnrollmentCancelled,
+            Rejection::CurrencyMismatch {
+                expected: usd,
+                got: usd,
+            },
+            Rejection::NothingDue,
+            Rejection::Overpayment { amount: 1, due: 0 },
+            Rejection::CreditExceedsDue { amount: 1, due: 0 },
+            Rejection::RefundExceedsPaid { amount: 1, paid: 0 },
+            Rejection::InvalidTransition {
+                action: "",
+                status: "",
+                why: "",
+            },
+            Rejection::TotalLimitExceeded {
+                amount: 1,
+                limit: 1,
+            },
+        ];
+        for rejection in &all {
+            // Exhaustive on purpose: no wildcard arm.
+            match rejection {
+                Rejection::EnrollmentNotFound(_)
+                | Rejection::EnrollmentExists { .. }
+                | Rejection::IdempotencyKeyReused(_)
+                | Rejection::EnrollmentCancelled
+                | Rejection::CurrencyMismatch { .. }
+                | Rejection::NothingDue
+                | Rejection::Overpayment { .. }
+                | Rejection::CreditExceedsDue { .. }
+                | Rejection::RefundExceedsPaid { .. }
+                | Rejection::InvalidTransition { .. }
+                | Rejection::TotalLimitExceeded { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_refusal_is_in_the_table_with_its_status() {
+        for rejection in every_rejection() {
+            let error = ApiError::from_rejection(&rejection);
+            let listed = ERROR_CODES
+                .iter()
+                .find(|(code, _, _)| *code == error.code)
+                .unwrap_or_else(|| panic!("{} is not in ERROR_CODES", error.code));
+            assert_eq!(listed.1, error.status.as_u16(), "{}", error.code);
+        }
+    }
+
+    #[test]
+    fn codes_are_listed_once() {
+        let mut codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _, _)| *code).collect();
+        codes.sort_unstable();
+        let count = codes.len();
+        codes.dedup();
+        assert_eq!(codes.len(), count);
     }
 }

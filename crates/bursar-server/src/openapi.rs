@@ -133,10 +133,16 @@ fn complete_operations(document: &mut Value) {
     }
 }
 
-/// Request objects refuse unknown fields. utoipa states it for structs
+/// Error codes are the closed list of `ERROR_CODES`. Request objects refuse
+/// unknown fields. utoipa states it for structs
 /// (`deny_unknown_fields`) but not for the variants of the access policy,
 /// which is read through a struct of its own.
 fn close_request_objects(document: &mut Value) {
+    let codes: Vec<&str> = crate::error::ERROR_CODES
+        .iter()
+        .map(|(code, _, _)| *code)
+        .collect();
+    document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"] = json!(codes);
     let policy = &mut document["components"]["schemas"]["AccessPolicy"]["oneOf"];
     for variant in policy.as_array_mut().into_iter().flatten() {
         variant["additionalProperties"] = json!(false);

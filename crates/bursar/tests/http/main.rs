@@ -14,4 +14,5 @@ mod many_servers;
 mod openapi;
 mod operations;
 mod pg_fault;
+mod readme;
 mod scenarios;

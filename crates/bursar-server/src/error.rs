@@ -68,23 +68,44 @@ impl ApiError {
     /// The one table from the core's refusals to HTTP.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
         let status = match rejection {
-            Rejection::EnrollmentNotFound(_) => StatusCode::NOT_FOUND,
+            Rejection::EnrollmentNotFound(_) | Rejection::HoldNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Rejection::EnrollmentExists { .. }
             | Rejection::IdempotencyKeyReused(_)
             | Rejection::NothingDue
             | Rejection::EnrollmentCancelled
-            | Rejection::InvalidTransition { .. } => StatusCode::CONFLICT,
+            | Rejection::InvalidTransition { .. }
+            | Rejection::HoldNotOpen { .. } => StatusCode::CONFLICT,
             Rejection::Overpayment { .. }
             | Rejection::CreditExceedsDue { .. }
             | Rejection::RefundExceedsPaid { .. }
             | Rejection::CurrencyMismatch { .. }
+            | Rejection::CaptureExceedsHold { .. }
             | Rejection::TotalLimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let error = ApiError::new(status, rejection.code(), rejection.to_string());
         match rejection {
-            Rejection::Overpayment { amount, due }
-            | Rejection::CreditExceedsDue { amount, due } => {
-                error.with_details(json!({"amount": amount, "amount_due": due}))
+            Rejection::Overpayment {
+                amount,
+                due,
+                available,
+            }
+            | Rejection::CreditExceedsDue {
+                amount,
+                due,
+                available,
+            } => error.with_details(
+                json!({"amount": amount, "amount_due": due, "amount_available": available}),
+            ),
+            Rejection::HoldNotFound { hold_seq } => {
+                error.with_details(json!({"hold_seq": hold_seq}))
+            }
+            Rejection::HoldNotOpen { hold_seq, state } => {
+                error.with_details(json!({"hold_seq": hold_seq, "state": state.as_str()}))
+            }
+            Rejection::CaptureExceedsHold { amount, held } => {
+                error.with_details(json!({"amount": amount, "hold_amount": held}))
             }
             Rejection::RefundExceedsPaid { amount, paid } => {
                 error.with_details(json!({"amount": amount, "amount_paid": paid}))

@@ -2,17 +2,20 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit and the API tokens.
 
+mod holds;
 mod postgres;
 mod sqlite;
 pub mod testing;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{
-    Enrollment, EnrollmentKey, EnrollmentState, LedgerEntry, Outcome, Request, Timestamp, UserId,
+    Enrollment, EnrollmentKey, EnrollmentState, Hold, LedgerEntry, Outcome, Request, Timestamp,
+    UserId,
 };
 use serde::Serialize;
 use std::path::Path;
 
+pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -155,6 +158,25 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.ledger(key, after, limit).await,
             Store::Postgres(store) => store.ledger(key, after, limit).await,
+        }
+    }
+
+    /// The open holds of an enrollment, by `hold_seq`.
+    pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.open_holds(key).await,
+            Store::Postgres(store) => store.open_holds(key).await,
+        }
+    }
+
+    /// The enrollments with a hold still open past its `expires_at` at
+    /// `now`, at most `EXPIRED_ENROLLMENTS_PER_SWEEP_MAX`: what the writer's
+    /// sweep expires. Costs one lookup on an index of open holds, however
+    /// many enrollments there are.
+    pub async fn expired_holds(&self, now: Timestamp) -> Result<Vec<EnrollmentKey>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.expired_holds(now).await,
+            Store::Postgres(store) => store.expired_holds(now).await,
         }
     }
 

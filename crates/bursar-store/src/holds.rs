@@ -139,8 +139,11 @@ pub(crate) mod sqlite {
         named: impl Iterator<Item = u64>,
     ) -> Result<(), StoreError> {
         let key = state.enrollment.key();
-        for hold in open(connection, &key)? {
-            state.holds.insert(hold.seq, hold);
+        // Nothing held means no open hold: the common case costs no read.
+        if state.enrollment.amount_held != 0 {
+            for hold in open(connection, &key)? {
+                state.holds.insert(hold.seq, hold);
+            }
         }
         checked(state)?;
         let mut statement = connection.prepare_cached(SELECT_ONE).map_err(map_error)?;
@@ -275,15 +278,22 @@ pub(crate) mod postgres {
         states: &mut std::collections::HashMap<EnrollmentKey, EnrollmentState>,
         named: &[(EnrollmentKey, u64)],
     ) -> Result<(), Failure> {
-        if states.is_empty() {
-            return Ok(());
-        }
-        let user_ids: Vec<&str> = states.keys().map(|key| key.user_id.as_str()).collect();
-        let course_ids: Vec<&str> = states.keys().map(|key| key.course_id.as_str()).collect();
+        // Only enrollments that hold something have open holds: a batch of
+        // plain payments costs no read here.
+        let holding: Vec<&EnrollmentKey> = states
+            .iter()
+            .filter(|(_, state)| state.enrollment.amount_held != 0)
+            .map(|(key, _)| key)
+            .collect();
         let named: Vec<&(EnrollmentKey, u64)> = named
             .iter()
             .filter(|(key, seq)| states.contains_key(key) && i64::try_from(*seq).is_ok())
             .collect();
+        if holding.is_empty() && named.is_empty() {
+            return Ok(());
+        }
+        let user_ids: Vec<&str> = holding.iter().map(|key| key.user_id.as_str()).collect();
+        let course_ids: Vec<&str> = holding.iter().map(|key| key.course_id.as_str()).collect();
         let named_users: Vec<&str> = named.iter().map(|(key, _)| key.user_id.as_str()).collect();
         let named_courses: Vec<&str> = named
             .iter()

@@ -527,6 +527,7 @@ mod postgres_only {
             .expect("enroll");
         assert_eq!(enrolled.status(), StatusCode::CREATED);
         let mut holds = Vec::new();
+        let mut opened_at = Vec::new();
         for index in 0..HOLDS {
             let server = &servers[index % 3];
             let (status, body) = post_to(
@@ -537,19 +538,23 @@ mod postgres_only {
             .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
             holds.push(seq_of(&body));
+            opened_at.push(tokio::time::Instant::now());
         }
-        // Wait until just before the first holds expire, then race.
-        tokio::time::sleep(
-            Duration::from_secs(EXPIRES_IN_MIN_SECONDS) - Duration::from_millis(300),
-        )
-        .await;
+        // The capture and the void of each hold are sent together, at a
+        // moment spread from 1.5 s before its expiry to 1.5 s after, so some
+        // holds are captured, some voided and some expire first.
+        let life = Duration::from_secs(EXPIRES_IN_MIN_SECONDS);
+        let spread = Duration::from_millis(3_000);
         let mut racers = Vec::new();
         for (index, hold_seq) in holds.iter().enumerate() {
+            let fire_at =
+                opened_at[index] + life - spread / 2 + spread * index as u32 / HOLDS as u32;
             for (offset, action) in [(0, "capture"), (1, "void")] {
                 let url = servers[(index + offset) % 3].url(&hold_path(*hold_seq, action));
                 let client = client.clone();
                 let hold_seq = *hold_seq;
                 racers.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(fire_at).await;
                     let (status, body) = post_to(&client, url, json!({})).await;
                     (hold_seq, status, body)
                 }));

@@ -399,6 +399,15 @@ impl ChainVerifier {
         self.state.as_ref().map(|state| state.last_hash)
     }
 
+    /// The holds the ledger pushed so far leaves open, by `hold_seq`: what
+    /// the storage's holds table must hold as open.
+    pub fn open_holds(&self) -> Vec<&Hold> {
+        self.state
+            .as_ref()
+            .map(|state| state.holds.values().filter(|hold| hold.is_open()).collect())
+            .unwrap_or_default()
+    }
+
     /// Records a problem found outside the chain, such as a ledger row that
     /// cannot be read. `finish` reports these after the chain's own
     /// disagreements, in the order they were noted.

@@ -255,7 +255,7 @@ pub(crate) mod postgres {
     use crate::postgres::Failure;
     use tokio_postgres::Row;
 
-    fn parse_row(row: &Row) -> Result<(EnrollmentKey, Hold), StoreError> {
+    pub(crate) fn parse_row(row: &Row) -> Result<(EnrollmentKey, Hold), StoreError> {
         let get = |error: tokio_postgres::Error| StoreError::Internal(error.to_string());
         let user_id: &str = row.try_get(0).map_err(get)?;
         let course_id: &str = row.try_get(1).map_err(get)?;
@@ -450,6 +450,35 @@ pub(crate) mod postgres {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// The open holds of the audit's chunk of enrollments, by enrollment,
+    /// each by `hold_seq`; read in the audit's snapshot.
+    pub(crate) async fn open_of_chunk(
+        transaction: &tokio_postgres::Transaction<'_>,
+        user_ids: &[&str],
+        course_ids: &[&str],
+    ) -> Result<std::collections::HashMap<(String, String), Vec<Hold>>, StoreError> {
+        let rows = transaction
+            .query(
+                "SELECT user_id, course_id, hold_seq, amount, expires_at, reference, state \
+                 FROM holds WHERE state = 'OPEN' AND (user_id, course_id) IN \
+                 (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+                 ORDER BY user_id, course_id, hold_seq",
+                &[&user_ids, &course_ids],
+            )
+            .await
+            .map_err(crate::postgres::read_error)?;
+        let mut holds: std::collections::HashMap<(String, String), Vec<Hold>> =
+            std::collections::HashMap::new();
+        for row in &rows {
+            let (key, hold) = parse_row(row)?;
+            holds
+                .entry((key.user_id.to_string(), key.course_id.to_string()))
+                .or_default()
+                .push(hold);
+        }
+        Ok(holds)
     }
 
     /// The open holds of one enrollment, by `hold_seq`.

@@ -224,11 +224,42 @@ impl Store {
 /// that the stored enrollment's `last_hash` is its newest entry's hash,
 /// compares the newest entry with the stored enrollment, and adds the
 /// enrollment's disagreements and counts to the report.
+///
+/// `stored_holds` are the open rows of the holds table (or why they could not
+/// be read): they must be exactly the holds the ledger leaves open.
 pub(crate) fn audit_one(
     mut verifier: ChainVerifier,
     stored: Option<&EnrollmentState>,
+    stored_holds: Result<Vec<Hold>, String>,
     report: &mut AuditReport,
 ) {
+    match stored_holds {
+        Err(problem) => verifier.note(None, problem),
+        Ok(stored_holds) => {
+            let replayed: Vec<&Hold> = verifier.open_holds();
+            let stored_holds: Vec<&Hold> = stored_holds.iter().collect();
+            if stored_holds != replayed {
+                let describe = |holds: &[&Hold]| {
+                    holds
+                        .iter()
+                        .map(|hold| {
+                            format!("{}: {} until {}", hold.seq, hold.amount, hold.expires_at)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                verifier.note(
+                    None,
+                    format!(
+                        "the holds table disagrees with the ledger: open holds stored [{}], \
+                         replayed [{}]",
+                        describe(&stored_holds),
+                        describe(&replayed)
+                    ),
+                );
+            }
+        }
+    }
     if let Some(state) = stored
         && verifier
             .last_hash()

@@ -1604,6 +1604,9 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
             let course_id: String = row.try_get(1).map_err(read_error)?;
             stored.insert((user_id, course_id), parse_state(&row));
         }
+        let mut open_holds = holds::postgres::open_of_chunk(transaction, &user_ids, &course_ids)
+            .await
+            .map_err(|error| error.to_string());
         // The chunk's entries come from one portal a page at a time, in the
         // order of the keys, and go to each enrollment's verifier as they
         // come: no enrollment's ledger is ever held whole.
@@ -1649,7 +1652,11 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
                     Err(problem) => verifier.note(None, problem),
                 }
             }
-            audit_one(verifier, state.as_ref(), &mut report);
+            let stored_holds = match &mut open_holds {
+                Ok(by_enrollment) => Ok(by_enrollment.remove(&ids).unwrap_or_default()),
+                Err(problem) => Err(problem.clone()),
+            };
+            audit_one(verifier, state.as_ref(), stored_holds, &mut report);
         }
         // Both queries sort by the same columns in the same snapshot, so
         // every row has been taken by its enrollment; a row left over would

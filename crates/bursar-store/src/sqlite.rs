@@ -959,7 +959,8 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 Err(problem) => verifier.note(None, problem),
             }
         }
-        audit_one(verifier, stored.as_ref(), &mut report);
+        let stored_holds = holds::sqlite::open(connection, &key).map_err(|error| error.to_string());
+        audit_one(verifier, stored.as_ref(), stored_holds, &mut report);
     }
     Ok(report)
 }

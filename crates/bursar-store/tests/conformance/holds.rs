@@ -14,6 +14,7 @@ crate::conformance!(
     holds_are_kept_and_the_expiry_index_finds_them,
     two_stores_sweeping_one_hold_expire_it_once,
     a_held_amount_without_its_holds_is_refused,
+    the_audit_compares_the_holds_table_with_the_ledger,
 );
 
 fn hold(minor_units: i64, seconds: i128) -> Command {
@@ -219,4 +220,33 @@ async fn a_held_amount_without_its_holds_is_refused(backend: Backend) {
         }
         other => panic!("a corrupt held amount must be refused: {other:?}"),
     }
+}
+
+async fn the_audit_compares_the_holds_table_with_the_ledger(backend: Backend) {
+    let (url, db) = TestDb::new(backend);
+    let store = Store::open(&url).await.expect("open");
+    let a = key("alice", "a");
+    let setup = vec![
+        enroll_request(&a, 10_000),
+        request(&a, "first", hold(1_000, 900)),
+        request(&a, "second", hold(2_000, 900)),
+    ];
+    execute(&store, setup, 0).await;
+    let report = store.audit().await.expect("audit");
+    assert!(report.ok, "{report:?}");
+    // A hold row changed behind the ledger's back.
+    db.execute_sql("UPDATE holds SET amount = 1 WHERE hold_seq = 3");
+    let report = store.audit().await.expect("audit");
+    assert!(!report.ok);
+    assert_eq!(report.disagreements.len(), 1, "{report:?}");
+    assert!(
+        report.disagreements[0]
+            .problem
+            .starts_with("the holds table disagrees with the ledger"),
+        "{report:?}"
+    );
+    // A hold closed in the table alone.
+    db.execute_sql("UPDATE holds SET amount = 2000, state = 'VOIDED' WHERE hold_seq = 3");
+    let report = store.audit().await.expect("audit");
+    assert!(!report.ok, "{report:?}");
 }

@@ -4,7 +4,7 @@
 //! Pure, like the rest of the core.
 
 use crate::ledger::{Hash, LedgerEntry};
-use crate::operation::{Applied, EnrollmentState, Rejection, Request, apply};
+use crate::operation::{Applied, Command, EnrollmentState, Rejection, Request, apply};
 use crate::{Enrollment, EnrollmentKey, IdempotencyKey, Timestamp};
 use std::collections::{HashMap, HashSet};
 
@@ -33,7 +33,8 @@ pub enum Outcome {
 /// What the backend loaded for a batch.
 #[derive(Debug, Default)]
 pub struct BatchInput {
-    /// Every existing enrollment the batch names.
+    /// Every existing enrollment the batch names, each with its open holds
+    /// and the holds of `named_holds` whatever their state.
     pub states: HashMap<EnrollmentKey, EnrollmentState>,
     /// Every stored operation under an idempotency key the batch carries.
     pub stored: HashMap<(EnrollmentKey, IdempotencyKey), StoredOperation>,
@@ -44,7 +45,9 @@ pub struct BatchInput {
 pub struct BatchPlan {
     /// One per request, in order.
     pub outcomes: Vec<Outcome>,
-    /// New ledger entries with their request fingerprints, in order.
+    /// New ledger entries with their request fingerprints, in order: a
+    /// request's own entry comes after the `EXPIRE` entries written before
+    /// it. `LedgerEntry::hold_change` says what each does to the holds.
     pub new_entries: Vec<(LedgerEntry, Hash)>,
     /// The final state of every enrollment the batch changed.
     pub changed: Vec<EnrollmentState>,
@@ -73,8 +76,24 @@ pub fn idempotency_keys(requests: &[Request]) -> Vec<(EnrollmentKey, Idempotency
     keys
 }
 
+/// The holds a batch names (by captures and voids), each once, in key order:
+/// the backend loads these whatever their state.
+pub fn named_holds(requests: &[Request]) -> Vec<(EnrollmentKey, u64)> {
+    let mut holds: Vec<_> = requests
+        .iter()
+        .filter_map(|request| Some((request.key.clone(), request.command.named_hold()?)))
+        .collect();
+    holds.sort();
+    holds.dedup();
+    holds
+}
+
 /// Decides every request of a batch in order, as if each were applied alone
 /// after the ones before it.
+///
+/// Before each request on an existing enrollment, every hold of it whose
+/// `expires_at` has passed at `now` is released by an `EXPIRE` entry; those
+/// entries are written whatever becomes of the request itself.
 pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> BatchPlan {
     let BatchInput { mut states, stored } = input;
     // Idempotency records by enrollment, then by key, so that a request is
@@ -94,6 +113,27 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
     let mut changed_order: Vec<EnrollmentKey> = Vec::new();
     let mut changed: HashSet<EnrollmentKey> = HashSet::new();
     for request in requests {
+        if let Some(state) = states.get_mut(&request.key) {
+            for hold_seq in state.expired_holds(now) {
+                let expire = Request {
+                    key: request.key.clone(),
+                    idempotency_key: None,
+                    command: Command::Expire { hold_seq },
+                };
+                // An open hold past its time always expires; should the
+                // enrollment refuse it anyway, the request decides on it as
+                // it stands, and the capture of the hold is still refused.
+                let Ok(Applied::Entry(entry)) = apply(Some(state), &expire, now) else {
+                    continue;
+                };
+                state.advance(&entry);
+                if !changed.contains(&request.key) {
+                    changed.insert(request.key.clone());
+                    changed_order.push(request.key.clone());
+                }
+                plan.new_entries.push((entry, expire.command.fingerprint()));
+            }
+        }
         let state = states.get(&request.key);
         let fingerprint = request.command.fingerprint();
         let previous = match (state, &request.idempotency_key) {
@@ -125,14 +165,12 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                 Err(rejection) => Outcome::Rejected(rejection),
                 Ok(Applied::Unchanged(enrollment)) => Outcome::Unchanged(enrollment),
                 Ok(Applied::Entry(entry)) => {
-                    let next = EnrollmentState {
-                        enrollment: entry.enrollment.clone(),
-                        last_hash: entry.hash,
-                    };
                     match states.get_mut(&request.key) {
-                        Some(state) => *state = next,
+                        Some(state) => state.advance(&entry),
                         None => {
                             plan.created.insert(request.key.clone());
+                            let next = EnrollmentState::new(entry.enrollment.clone(), entry.hash)
+                                .after(&entry);
                             states.insert(request.key.clone(), next);
                         }
                     }

@@ -149,6 +149,8 @@ pub struct Amounts {
     pub paid: i64,
     pub credited: i64,
     pub refunded: i64,
+    /// Reserved by open holds: part of the due, not yet settled.
+    pub held: i64,
 }
 
 impl Amounts {
@@ -168,6 +170,11 @@ impl Amounts {
         self.total() - self.settled()
     }
 
+    /// What can still be paid, held or credited: the due less open holds.
+    pub fn available(&self) -> i64 {
+        self.due() - self.held
+    }
+
     /// The money invariants. A broken one is a bug, never a user error.
     pub fn check(&self) -> Result<(), String> {
         let fields = [
@@ -176,6 +183,7 @@ impl Amounts {
             ("amount_paid", self.paid),
             ("amount_credited", self.credited),
             ("amount_refunded", self.refunded),
+            ("amount_held", self.held),
         ];
         for (name, value) in fields {
             if value < 0 {
@@ -185,13 +193,24 @@ impl Amounts {
         if self.due() < 0 {
             return Err(format!("amount_due is negative: {}", self.due()));
         }
+        if self.available() < 0 {
+            return Err(format!(
+                "amount_held {} exceeds amount_due {}",
+                self.held,
+                self.due()
+            ));
+        }
         Ok(())
     }
 }
 
 /// One enrollment as the API shows it, and as every ledger entry snapshots it.
+///
+/// A snapshot written before holds existed has neither `amount_held` nor
+/// `amount_available`: it reads as nothing held and everything due available.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EnrollmentFields")]
 pub struct Enrollment {
     pub user_id: UserId,
     pub course_id: CourseId,
@@ -202,6 +221,10 @@ pub struct Enrollment {
     pub amount_credited: i64,
     pub amount_refunded: i64,
     pub amount_due: i64,
+    /// The sum of the open holds.
+    pub amount_held: i64,
+    /// `amount_due - amount_held`: what can still be paid, held or credited.
+    pub amount_available: i64,
     pub payment_status: PaymentStatus,
     pub access_policy: AccessPolicy,
     pub access_status: AccessStatus,
@@ -209,6 +232,112 @@ pub struct Enrollment {
     pub version: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// An enrollment as JSON spells it, before the amounts that snapshots from
+/// before holds lack are filled in.
+#[derive(Deserialize)]
+struct EnrollmentFields {
+    user_id: UserId,
+    course_id: CourseId,
+    currency: Currency,
+    price: i64,
+    amount_charged: i64,
+    amount_paid: i64,
+    amount_credited: i64,
+    amount_refunded: i64,
+    amount_due: i64,
+    #[serde(default)]
+    amount_held: i64,
+    amount_available: Option<i64>,
+    payment_status: PaymentStatus,
+    access_policy: AccessPolicy,
+    access_status: AccessStatus,
+    status: EnrollmentStatus,
+    version: u64,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl From<EnrollmentFields> for Enrollment {
+    fn from(fields: EnrollmentFields) -> Enrollment {
+        Enrollment {
+            amount_available: fields
+                .amount_available
+                .unwrap_or(fields.amount_due.saturating_sub(fields.amount_held)),
+            user_id: fields.user_id,
+            course_id: fields.course_id,
+            currency: fields.currency,
+            price: fields.price,
+            amount_charged: fields.amount_charged,
+            amount_paid: fields.amount_paid,
+            amount_credited: fields.amount_credited,
+            amount_refunded: fields.amount_refunded,
+            amount_due: fields.amount_due,
+            amount_held: fields.amount_held,
+            payment_status: fields.payment_status,
+            access_policy: fields.access_policy,
+            access_status: fields.access_status,
+            status: fields.status,
+            version: fields.version,
+            created_at: fields.created_at,
+            updated_at: fields.updated_at,
+        }
+    }
+}
+
+/// The enrollment inside a ledger entry's canonical bytes: every field in
+/// the order of `Enrollment`, except that `amount_held` and
+/// `amount_available` are left out while nothing is held (available is then
+/// the due). Entries written before holds existed keep their hashes.
+#[derive(Serialize)]
+pub(crate) struct CanonicalEnrollment<'a> {
+    user_id: &'a UserId,
+    course_id: &'a CourseId,
+    currency: &'a Currency,
+    price: i64,
+    amount_charged: i64,
+    amount_paid: i64,
+    amount_credited: i64,
+    amount_refunded: i64,
+    amount_due: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount_held: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount_available: Option<i64>,
+    payment_status: PaymentStatus,
+    access_policy: &'a AccessPolicy,
+    access_status: AccessStatus,
+    status: EnrollmentStatus,
+    version: u64,
+    created_at: &'a Timestamp,
+    updated_at: &'a Timestamp,
+}
+
+impl<'a> CanonicalEnrollment<'a> {
+    pub(crate) fn of(enrollment: &'a Enrollment) -> CanonicalEnrollment<'a> {
+        let held = enrollment.amount_held != 0;
+        CanonicalEnrollment {
+            user_id: &enrollment.user_id,
+            course_id: &enrollment.course_id,
+            currency: &enrollment.currency,
+            price: enrollment.price,
+            amount_charged: enrollment.amount_charged,
+            amount_paid: enrollment.amount_paid,
+            amount_credited: enrollment.amount_credited,
+            amount_refunded: enrollment.amount_refunded,
+            amount_due: enrollment.amount_due,
+            amount_held: held.then_some(enrollment.amount_held),
+            amount_available: held.then_some(enrollment.amount_available),
+            payment_status: enrollment.payment_status,
+            access_policy: &enrollment.access_policy,
+            access_status: enrollment.access_status,
+            status: enrollment.status,
+            version: enrollment.version,
+            created_at: &enrollment.created_at,
+            updated_at: &enrollment.updated_at,
+        }
+    }
 }
 
 impl Enrollment {
@@ -226,6 +355,7 @@ impl Enrollment {
             paid: self.amount_paid,
             credited: self.amount_credited,
             refunded: self.amount_refunded,
+            held: self.amount_held,
         }
     }
 
@@ -237,8 +367,10 @@ impl Enrollment {
         self.amount_paid = amounts.paid;
         self.amount_credited = amounts.credited;
         self.amount_refunded = amounts.refunded;
+        self.amount_held = amounts.held;
         let derived = self.derive(&amounts);
         self.amount_due = derived.amount_due;
+        self.amount_available = derived.amount_available;
         self.payment_status = derived.payment_status;
         self.access_status = derived.access_status;
         self.status = derived.status;
@@ -246,7 +378,8 @@ impl Enrollment {
 
     /// What the derived fields must be for these amounts, given the statuses
     /// the enrollment had before (access remembers whether it was ever
-    /// granted; cancellation and completion are set explicitly).
+    /// granted; cancellation and completion are set explicitly). Held money
+    /// is not settled: no status looks at it.
     fn derive(&self, amounts: &Amounts) -> Derived {
         let payment_status = if amounts.due() == 0 {
             PaymentStatus::Completed
@@ -273,6 +406,7 @@ impl Enrollment {
         };
         Derived {
             amount_due: amounts.due(),
+            amount_available: amounts.available(),
             payment_status,
             access_status,
             status,
@@ -287,6 +421,7 @@ impl Enrollment {
         let derived = self.derive(&amounts);
         let stored = Derived {
             amount_due: self.amount_due,
+            amount_available: self.amount_available,
             payment_status: self.payment_status,
             access_status: self.access_status,
             status: self.status,
@@ -304,6 +439,7 @@ impl Enrollment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Derived {
     amount_due: i64,
+    amount_available: i64,
     payment_status: PaymentStatus,
     access_status: AccessStatus,
     status: EnrollmentStatus,

@@ -2,9 +2,11 @@
 //! carrying the enrollment as it stood right after it and a SHA-256 over its
 //! canonical bytes and the previous entry's hash.
 
+use crate::enrollment::CanonicalEnrollment;
+use crate::hold::{HoldAmount, HoldChange, HoldExpiry, HoldState};
 use crate::operation::{Applied, Command, EnrollTerms, EnrollmentState, Request, apply};
 use crate::{
-    Amount, Currency, Enrollment, EnrollmentKey, IdempotencyKey, Price, Reason, Reference,
+    Amount, Currency, Enrollment, EnrollmentKey, Hold, IdempotencyKey, Price, Reason, Reference,
     Timestamp,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -88,6 +90,14 @@ pub enum EntryKind {
     Charge,
     Complete,
     Cancel,
+    /// Opens a hold of `amount`, expiring at the entry's `expires_at`.
+    Hold,
+    /// Turns a hold into a payment of `amount`; the rest of it is released.
+    Capture,
+    /// Releases a hold (`amount` is what it held).
+    Void,
+    /// Releases a hold that reached its `expires_at` (`amount` is what it held).
+    Expire,
 }
 
 impl EntryKind {
@@ -100,6 +110,10 @@ impl EntryKind {
             EntryKind::Charge => "CHARGE",
             EntryKind::Complete => "COMPLETE",
             EntryKind::Cancel => "CANCEL",
+            EntryKind::Hold => "HOLD",
+            EntryKind::Capture => "CAPTURE",
+            EntryKind::Void => "VOID",
+            EntryKind::Expire => "EXPIRE",
         }
     }
 
@@ -112,6 +126,10 @@ impl EntryKind {
             EntryKind::Charge,
             EntryKind::Complete,
             EntryKind::Cancel,
+            EntryKind::Hold,
+            EntryKind::Capture,
+            EntryKind::Void,
+            EntryKind::Expire,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -132,6 +150,13 @@ pub struct LedgerEntry {
     pub idempotency_key: Option<IdempotencyKey>,
     pub reference: Option<Reference>,
     pub reason: Option<Reason>,
+    /// The hold a `HOLD`, `CAPTURE`, `VOID` or `EXPIRE` entry is about (a
+    /// `HOLD` entry names itself); absent on every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_seq: Option<u64>,
+    /// When the hold a `HOLD` entry opens expires; absent on every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub enrollment: Enrollment,
     pub prev_hash: Hash,
@@ -139,7 +164,10 @@ pub struct LedgerEntry {
 }
 
 /// The canonical bytes an entry's hash covers: the compact JSON of these
-/// fields in this order (struct order is fixed, so the bytes are too).
+/// fields in this order (struct order is fixed, so the bytes are too). The
+/// hold fields appear only on the entries that have them, and the
+/// enrollment's held amounts only while something is held, so every entry
+/// written before holds existed keeps its hash.
 #[derive(Serialize)]
 struct CanonicalEntry<'a> {
     prev_hash: &'a Hash,
@@ -150,8 +178,20 @@ struct CanonicalEntry<'a> {
     idempotency_key: &'a Option<IdempotencyKey>,
     reference: &'a Option<Reference>,
     reason: &'a Option<Reason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a Timestamp>,
     created_at: &'a Timestamp,
-    enrollment: &'a Enrollment,
+    enrollment: CanonicalEnrollment<'a>,
+}
+
+/// The hold fields of a new entry: which hold it names, and for a `HOLD`
+/// entry when that hold expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldFields {
+    pub hold_seq: Option<u64>,
+    pub expires_at: Option<Timestamp>,
 }
 
 impl LedgerEntry {
@@ -163,6 +203,7 @@ impl LedgerEntry {
         idempotency_key: Option<IdempotencyKey>,
         reference: Option<Reference>,
         reason: Option<Reason>,
+        hold: HoldFields,
         created_at: Timestamp,
         enrollment: Enrollment,
         prev_hash: Hash,
@@ -175,6 +216,8 @@ impl LedgerEntry {
             idempotency_key,
             reference,
             reason,
+            hold_seq: hold.hold_seq,
+            expires_at: hold.expires_at,
             created_at,
             enrollment,
             prev_hash,
@@ -195,8 +238,10 @@ impl LedgerEntry {
             idempotency_key: &self.idempotency_key,
             reference: &self.reference,
             reason: &self.reason,
+            hold_seq: self.hold_seq,
+            expires_at: self.expires_at.as_ref(),
             created_at: &self.created_at,
-            enrollment: &self.enrollment,
+            enrollment: CanonicalEnrollment::of(&self.enrollment),
         };
         Hash::of(&serde_json::to_vec(&canonical).expect("an entry always serializes"))
     }
@@ -232,7 +277,42 @@ impl LedgerEntry {
             },
             EntryKind::Complete => Command::Complete,
             EntryKind::Cancel => Command::Cancel,
+            EntryKind::Hold => Command::Hold {
+                amount: HoldAmount::Amount(amount()?),
+                expires_in: HoldExpiry::between(self.created_at, self.expires_at?)?,
+                reference: self.reference.clone(),
+            },
+            EntryKind::Capture => Command::Capture {
+                hold_seq: self.hold_seq?,
+                amount: Some(amount()?),
+                reference: self.reference.clone(),
+            },
+            EntryKind::Void => Command::Void {
+                hold_seq: self.hold_seq?,
+            },
+            EntryKind::Expire => Command::Expire {
+                hold_seq: self.hold_seq?,
+            },
         })
+    }
+
+    /// What this entry does to its enrollment's holds, if anything.
+    pub fn hold_change(&self) -> Option<HoldChange> {
+        let seq = self.hold_seq?;
+        let closed = |state| Some(HoldChange::Closed { seq, state });
+        match self.kind {
+            EntryKind::Hold => Some(HoldChange::Opened(Hold {
+                seq,
+                amount: self.amount,
+                expires_at: self.expires_at?,
+                reference: self.reference.clone(),
+                state: HoldState::Open,
+            })),
+            EntryKind::Capture => closed(HoldState::Captured),
+            EntryKind::Void => closed(HoldState::Voided),
+            EntryKind::Expire => closed(HoldState::Expired),
+            _ => None,
+        }
     }
 }
 
@@ -317,6 +397,15 @@ impl ChainVerifier {
     /// The hash of the newest entry pushed, if any.
     pub fn last_hash(&self) -> Option<Hash> {
         self.state.as_ref().map(|state| state.last_hash)
+    }
+
+    /// The holds the ledger pushed so far leaves open, by `hold_seq`: what
+    /// the storage's holds table must hold as open.
+    pub fn open_holds(&self) -> Vec<&Hold> {
+        self.state
+            .as_ref()
+            .map(|state| state.holds.values().filter(|hold| hold.is_open()).collect())
+            .unwrap_or_default()
     }
 
     /// Records a problem found outside the chain, such as a ledger row that
@@ -417,11 +506,22 @@ impl ChainVerifier {
             self.report(seq, problem);
         }
         // Continue from the stored snapshot, so one bad entry is reported
-        // once rather than poisoning every entry after it.
-        self.state = Some(EnrollmentState {
-            enrollment: entry.enrollment.clone(),
-            last_hash: entry.hash,
-        });
+        // once rather than poisoning every entry after it. Only open holds
+        // are kept: a valid ledger never names a closed one again, and the
+        // verifier's memory must not grow with the ledger.
+        let mut next = match self.state.take() {
+            Some(state) => state.after(entry),
+            None => EnrollmentState::new(entry.enrollment.clone(), entry.hash).after(entry),
+        };
+        next.enrollment = entry.enrollment.clone();
+        next.holds.retain(|_, hold| hold.is_open());
+        if let Err(broken) = next.check_holds() {
+            self.report(
+                seq,
+                format!("snapshot disagrees with the ledger's holds: {broken}"),
+            );
+        }
+        self.state = Some(next);
         self.entries += 1;
     }
 
@@ -548,10 +648,7 @@ mod tests {
             let Ok(Applied::Entry(entry)) = apply(state.as_ref(), &request, now) else {
                 panic!("operation {index} is accepted");
             };
-            state = Some(EnrollmentState {
-                enrollment: entry.enrollment.clone(),
-                last_hash: entry.hash,
-            });
+            state = Some(EnrollmentState::new(entry.enrollment.clone(), entry.hash));
             entries.push(entry);
         }
         entries

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod enrollment;
+pub mod hold;
 pub mod ids;
 pub mod ledger;
 pub mod money;
@@ -19,10 +20,14 @@ pub use batch::{BatchInput, BatchPlan, Outcome, StoredOperation, plan_batch};
 pub use enrollment::{
     AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
 };
+pub use hold::{
+    HOLD_EXPIRES_IN_SECONDS_DEFAULT, HOLD_EXPIRES_IN_SECONDS_MAX, HOLD_EXPIRES_IN_SECONDS_MIN,
+    Hold, HoldAmount, HoldChange, HoldExpiry, HoldState,
+};
 pub use ids::{CourseId, IdError, IdempotencyKey, Reason, Reference, UserId};
 pub use ledger::{
-    ChainVerifier, DISAGREEMENTS_PER_ENROLLMENT_MAX, Disagreement, EntryKind, Hash, LedgerEntry,
-    verify_chain,
+    ChainVerifier, DISAGREEMENTS_PER_ENROLLMENT_MAX, Disagreement, EntryKind, Hash, HoldFields,
+    LedgerEntry, verify_chain,
 };
 pub use money::{Amount, Currency, MoneyError, Price};
 pub use operation::{Applied, Command, EnrollTerms, EnrollmentState, Rejection, Request, apply};

@@ -2,13 +2,15 @@
 //! `apply(state, request, now) -> Result<Applied, Rejection>`.
 
 use crate::enrollment::Amounts;
-use crate::ledger::{EntryKind, Hash, LedgerEntry};
+use crate::hold::{Hold, HoldAmount, HoldChange, HoldExpiry, HoldState};
+use crate::ledger::{EntryKind, Hash, HoldFields, LedgerEntry};
 use crate::money::ENROLLMENT_TOTAL_MAX;
 use crate::{
     AccessPolicy, AccessStatus, Amount, Currency, Enrollment, EnrollmentKey, EnrollmentStatus,
     IdempotencyKey, PaymentStatus, Price, Reason, Reference, Timestamp,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The terms an enrollment is created with. Enrolling again with the same
 /// terms returns the enrollment; with other terms it is refused.
@@ -47,6 +49,32 @@ pub enum Command {
     },
     Complete,
     Cancel,
+    /// Reserves part of the available due before a card is charged.
+    Hold {
+        amount: HoldAmount,
+        expires_in: HoldExpiry,
+        reference: Option<Reference>,
+    },
+    /// Turns an open hold into a payment of `amount` (default: all of it).
+    Capture {
+        hold_seq: u64,
+        amount: Option<Amount>,
+        reference: Option<Reference>,
+    },
+    /// Releases an open hold.
+    Void {
+        hold_seq: u64,
+    },
+    /// Releases one hold that has reached its `expires_at`: what an `EXPIRE`
+    /// entry records. Never sent by a client; the planner writes these before
+    /// any other request on the enrollment, and the audit replays them.
+    Expire {
+        hold_seq: u64,
+    },
+    /// The writer's expiry sweep: writes the `EXPIRE` entries that are due on
+    /// the enrollment (the planner does that before every request) and
+    /// nothing else. Carries no idempotency key and answers no one.
+    ExpireHolds,
 }
 
 impl Command {
@@ -68,6 +96,22 @@ impl Command {
             Command::Charge { .. } => "charge",
             Command::Complete => "complete",
             Command::Cancel => "cancel",
+            Command::Hold { .. } => "hold",
+            Command::Capture { .. } => "capture",
+            Command::Void { .. } => "void",
+            Command::Expire { .. } => "expire",
+            Command::ExpireHolds => "expire_holds",
+        }
+    }
+
+    /// The hold a capture or void names: the storage loads it whatever its
+    /// state, so that a closed one is answered `HOLD_NOT_OPEN`.
+    pub fn named_hold(&self) -> Option<u64> {
+        match self {
+            Command::Capture { hold_seq, .. }
+            | Command::Void { hold_seq }
+            | Command::Expire { hold_seq } => Some(*hold_seq),
+            _ => None,
         }
     }
 }
@@ -103,12 +147,30 @@ pub enum Rejection {
     EnrollmentCancelled,
     #[error("the enrollment is in {expected}, the request says {got}")]
     CurrencyMismatch { expected: Currency, got: Currency },
-    #[error("nothing is due")]
+    #[error("the enrollment has no hold {hold_seq}")]
+    HoldNotFound { hold_seq: u64 },
+    #[error("hold {hold_seq} is not open: it is {}", state.as_str())]
+    HoldNotOpen { hold_seq: u64, state: HoldState },
+    #[error("nothing is due (or all of it is held)")]
     NothingDue,
-    #[error("payment of {amount} exceeds the amount due of {due}")]
-    Overpayment { amount: i64, due: i64 },
-    #[error("credit of {amount} exceeds the amount due of {due}")]
-    CreditExceedsDue { amount: i64, due: i64 },
+    #[error(
+        "payment of {amount} exceeds the amount available of {available} (the amount due of {due} less open holds)"
+    )]
+    Overpayment {
+        amount: i64,
+        due: i64,
+        available: i64,
+    },
+    #[error(
+        "credit of {amount} exceeds the amount available of {available} (the amount due of {due} less open holds)"
+    )]
+    CreditExceedsDue {
+        amount: i64,
+        due: i64,
+        available: i64,
+    },
+    #[error("capture of {amount} exceeds the hold of {held}")]
+    CaptureExceedsHold { amount: i64, held: i64 },
     #[error("refund of {amount} exceeds the amount paid of {paid}")]
     RefundExceedsPaid { amount: i64, paid: i64 },
     #[error("cannot {action} an enrollment that is {status}: {why}")]
@@ -132,9 +194,12 @@ impl Rejection {
             Rejection::IdempotencyKeyReused(_) => "IDEMPOTENCY_KEY_REUSED",
             Rejection::EnrollmentCancelled => "ENROLLMENT_CANCELLED",
             Rejection::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
+            Rejection::HoldNotFound { .. } => "HOLD_NOT_FOUND",
+            Rejection::HoldNotOpen { .. } => "HOLD_NOT_OPEN",
             Rejection::NothingDue => "NOTHING_DUE",
             Rejection::Overpayment { .. } => "OVERPAYMENT",
             Rejection::CreditExceedsDue { .. } => "CREDIT_EXCEEDS_DUE",
+            Rejection::CaptureExceedsHold { .. } => "CAPTURE_EXCEEDS_HOLD",
             Rejection::RefundExceedsPaid { .. } => "REFUND_EXCEEDS_PAID",
             Rejection::InvalidTransition { .. } => "INVALID_TRANSITION",
             Rejection::TotalLimitExceeded { .. } => "TOTAL_LIMIT_EXCEEDED",
@@ -143,11 +208,87 @@ impl Rejection {
 }
 
 /// An enrollment together with the hash of its newest ledger entry, which the
-/// next entry chains to.
+/// next entry chains to, and the holds the operations on it may need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrollmentState {
     pub enrollment: Enrollment,
     pub last_hash: Hash,
+    /// By `hold_seq`: every open hold (their amounts sum to
+    /// `amount_held`), and any closed hold a request names, so that it is
+    /// answered `HOLD_NOT_OPEN` with its state rather than `HOLD_NOT_FOUND`.
+    pub holds: BTreeMap<u64, Hold>,
+}
+
+impl EnrollmentState {
+    /// A state with no holds loaded.
+    pub fn new(enrollment: Enrollment, last_hash: Hash) -> EnrollmentState {
+        EnrollmentState {
+            enrollment,
+            last_hash,
+            holds: BTreeMap::new(),
+        }
+    }
+
+    /// The state right after `entry`, which was decided on this one: its
+    /// snapshot, its hash, and its change to the holds (a closed hold stays,
+    /// marked closed, so a later request in the same batch is told so).
+    pub fn after(mut self, entry: &LedgerEntry) -> EnrollmentState {
+        self.advance(entry);
+        self
+    }
+
+    /// `after`, in place.
+    pub fn advance(&mut self, entry: &LedgerEntry) {
+        self.enrollment = entry.enrollment.clone();
+        self.last_hash = entry.hash;
+        match entry.hold_change() {
+            Some(HoldChange::Opened(hold)) => {
+                self.holds.insert(hold.seq, hold);
+            }
+            Some(HoldChange::Closed { seq, state }) => {
+                if let Some(hold) = self.holds.get_mut(&seq) {
+                    hold.state = state;
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The open holds that have expired at `now`, oldest expiry first: the
+    /// order in which their `EXPIRE` entries are written.
+    pub fn expired_holds(&self, now: Timestamp) -> Vec<u64> {
+        let now = now.max(self.enrollment.updated_at);
+        let mut expired: Vec<(Timestamp, u64)> = self
+            .holds
+            .values()
+            .filter(|hold| hold.is_open() && hold.has_expired_at(now))
+            .map(|hold| (hold.expires_at, hold.seq))
+            .collect();
+        expired.sort();
+        expired.into_iter().map(|(_, seq)| seq).collect()
+    }
+
+    /// The sum of the open holds.
+    pub fn open_held(&self) -> i64 {
+        self.holds
+            .values()
+            .filter(|hold| hold.is_open())
+            .map(|hold| hold.amount)
+            .sum()
+    }
+
+    /// The invariant between the enrollment and its holds: `amount_held` is
+    /// the sum of the open holds. A store checks it on every state it loads.
+    pub fn check_holds(&self) -> Result<(), String> {
+        let open = self.open_held();
+        if open != self.enrollment.amount_held {
+            return Err(format!(
+                "amount_held is {} but its open holds sum to {open}",
+                self.enrollment.amount_held
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What an accepted request did.
@@ -200,13 +341,19 @@ pub fn apply(
         };
     }
 
+    // Server time never runs backwards within one enrollment, even if the
+    // host clock is stepped back; holds expire by this time too.
+    let now = now.max(current.updated_at);
     let cancelled = current.status == EnrollmentStatus::Cancelled;
     let mut amounts = current.amounts();
     let mut next = current.clone();
     let mut reference = None;
     let mut reason = None;
+    let mut hold = HoldFields::default();
     let (kind, amount) = match &request.command {
         Command::Enroll(_) => unreachable!("handled above"),
+        // The planner wrote whatever had expired before this request.
+        Command::ExpireHolds => return Ok(Applied::Unchanged(current.clone())),
         Command::Complete => {
             if current.access_status != AccessStatus::Granted
                 || cancelled
@@ -222,11 +369,11 @@ pub fn apply(
             (EntryKind::Complete, 0)
         }
         Command::Cancel => {
-            if current.amount_paid > 0 || cancelled {
+            if current.amount_paid > 0 || cancelled || amounts.held > 0 {
                 return Err(Rejection::InvalidTransition {
                     action: "cancel",
                     status: current.status.as_str(),
-                    why: "cancelling needs amount_paid = 0 and an enrollment that is not cancelled",
+                    why: "cancelling needs amount_paid = 0, no open hold and an enrollment that is not cancelled",
                 });
             }
             next.status = EnrollmentStatus::Cancelled;
@@ -245,10 +392,11 @@ pub fn apply(
                 });
             }
             let amount = amount.minor_units();
-            if amount > amounts.due() {
+            if amount > amounts.available() {
                 return Err(Rejection::Overpayment {
                     amount,
                     due: amounts.due(),
+                    available: amounts.available(),
                 });
             }
             amounts.paid = checked(amounts.paid.checked_add(amount));
@@ -258,23 +406,24 @@ pub fn apply(
         Command::PayRemaining {
             reference: payment_reference,
         } => {
-            let due = amounts.due();
-            if due == 0 {
+            let available = amounts.available();
+            if available == 0 {
                 return Err(Rejection::NothingDue);
             }
-            amounts.paid = checked(amounts.paid.checked_add(due));
+            amounts.paid = checked(amounts.paid.checked_add(available));
             reference = payment_reference.clone();
-            (EntryKind::Payment, due)
+            (EntryKind::Payment, available)
         }
         Command::Credit {
             amount,
             reason: credit_reason,
         } => {
             let amount = amount.minor_units();
-            if amount > amounts.due() {
+            if amount > amounts.available() {
                 return Err(Rejection::CreditExceedsDue {
                     amount,
                     due: amounts.due(),
+                    available: amounts.available(),
                 });
             }
             amounts.credited = checked(amounts.credited.checked_add(amount));
@@ -325,11 +474,90 @@ pub fn apply(
             reason = Some(charge_reason.clone());
             (EntryKind::Charge, amount)
         }
+        Command::Hold {
+            amount,
+            expires_in,
+            reference: hold_reference,
+        } => {
+            let available = amounts.available();
+            let amount = match amount {
+                HoldAmount::Remaining if available == 0 => return Err(Rejection::NothingDue),
+                HoldAmount::Remaining => available,
+                HoldAmount::Amount(amount) => {
+                    let amount = amount.minor_units();
+                    if amount > available {
+                        return Err(Rejection::Overpayment {
+                            amount,
+                            due: amounts.due(),
+                            available,
+                        });
+                    }
+                    amount
+                }
+            };
+            amounts.held = checked(amounts.held.checked_add(amount));
+            reference = hold_reference.clone();
+            hold = HoldFields {
+                hold_seq: Some(current.version + 1),
+                expires_at: Some(expires_in.after(now)),
+            };
+            (EntryKind::Hold, amount)
+        }
+        Command::Capture {
+            hold_seq,
+            amount,
+            reference: capture_reference,
+        } => {
+            let open = open_hold(state, *hold_seq, now)?;
+            let captured = amount.map_or(open.amount, Amount::minor_units);
+            if captured > open.amount {
+                return Err(Rejection::CaptureExceedsHold {
+                    amount: captured,
+                    held: open.amount,
+                });
+            }
+            amounts.held = checked(amounts.held.checked_sub(open.amount));
+            amounts.paid = checked(amounts.paid.checked_add(captured));
+            // The processor's id given at capture, else the one the hold
+            // was opened with.
+            reference = capture_reference.clone().or_else(|| open.reference.clone());
+            hold.hold_seq = Some(*hold_seq);
+            (EntryKind::Capture, captured)
+        }
+        Command::Void { hold_seq } => {
+            let open = open_hold(state, *hold_seq, now)?;
+            amounts.held = checked(amounts.held.checked_sub(open.amount));
+            hold.hold_seq = Some(*hold_seq);
+            (EntryKind::Void, open.amount)
+        }
+        Command::Expire { hold_seq } => {
+            let expiring = match state.holds.get(hold_seq) {
+                None => {
+                    return Err(Rejection::HoldNotFound {
+                        hold_seq: *hold_seq,
+                    });
+                }
+                Some(found) if !found.is_open() => {
+                    return Err(Rejection::HoldNotOpen {
+                        hold_seq: *hold_seq,
+                        state: found.state,
+                    });
+                }
+                Some(found) => found,
+            };
+            if !expiring.has_expired_at(now) {
+                return Err(Rejection::InvalidTransition {
+                    action: "expire",
+                    status: current.status.as_str(),
+                    why: "a hold expires only once its expires_at has passed",
+                });
+            }
+            amounts.held = checked(amounts.held.checked_sub(expiring.amount));
+            hold.hold_seq = Some(*hold_seq);
+            (EntryKind::Expire, expiring.amount)
+        }
     };
 
-    // Server time never runs backwards within one enrollment, even if the
-    // host clock is stepped back.
-    let now = now.max(current.updated_at);
     next.set_amounts(amounts);
     next.version = current.version + 1;
     next.updated_at = now;
@@ -341,10 +569,28 @@ pub fn apply(
         request.idempotency_key.clone(),
         reference,
         reason,
+        hold,
         now,
         next,
         state.last_hash,
     )))
+}
+
+/// The hold `hold_seq` if it is open at `now`: a hold past its `expires_at`
+/// is expired whether or not its `EXPIRE` entry has been written.
+fn open_hold(state: &EnrollmentState, hold_seq: u64, now: Timestamp) -> Result<&Hold, Rejection> {
+    match state.holds.get(&hold_seq) {
+        None => Err(Rejection::HoldNotFound { hold_seq }),
+        Some(hold) if !hold.is_open() => Err(Rejection::HoldNotOpen {
+            hold_seq,
+            state: hold.state,
+        }),
+        Some(hold) if hold.has_expired_at(now) => Err(Rejection::HoldNotOpen {
+            hold_seq,
+            state: HoldState::Expired,
+        }),
+        Some(hold) => Ok(hold),
+    }
 }
 
 fn enroll(request: &Request, terms: &EnrollTerms, now: Timestamp) -> LedgerEntry {
@@ -358,6 +604,8 @@ fn enroll(request: &Request, terms: &EnrollTerms, now: Timestamp) -> LedgerEntry
         amount_credited: 0,
         amount_refunded: 0,
         amount_due: 0,
+        amount_held: 0,
+        amount_available: 0,
         payment_status: PaymentStatus::Pending,
         access_policy: terms.access_policy,
         access_status: AccessStatus::Locked,
@@ -378,6 +626,7 @@ fn enroll(request: &Request, terms: &EnrollTerms, now: Timestamp) -> LedgerEntry
         request.idempotency_key.clone(),
         None,
         None,
+        HoldFields::default(),
         now,
         enrollment,
         Hash::ZERO,

@@ -68,64 +68,65 @@ pub struct ChargeBody {
 pub struct EmptyBody {}
 
 /// The command a request body asks for; shared by the single-operation
-/// routes and `/v1/batch`.
+/// routes and `/v1/batch`. A body whose fields contradict each other (a hold
+/// with both `amount` and `remaining`) is a 400 here.
 pub trait IntoCommand {
-    fn into_command(self) -> Command;
+    fn into_command(self) -> Result<Command, ApiError>;
 }
 
 impl IntoCommand for EnrollBody {
-    fn into_command(self) -> Command {
-        Command::Enroll(EnrollTerms {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::Enroll(EnrollTerms {
             currency: self.currency,
             price: self.price,
             access_policy: self.access_policy,
-        })
+        }))
     }
 }
 
 impl IntoCommand for PaymentBody {
-    fn into_command(self) -> Command {
-        Command::Payment {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::Payment {
             amount: self.amount,
             currency: self.currency,
             reference: self.reference,
-        }
+        })
     }
 }
 
 impl IntoCommand for PayRemainingBody {
-    fn into_command(self) -> Command {
-        Command::PayRemaining {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::PayRemaining {
             reference: self.reference,
-        }
+        })
     }
 }
 
 impl IntoCommand for CreditBody {
-    fn into_command(self) -> Command {
-        Command::Credit {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::Credit {
             amount: self.amount,
             reason: self.reason,
-        }
+        })
     }
 }
 
 impl IntoCommand for RefundBody {
-    fn into_command(self) -> Command {
-        Command::Refund {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::Refund {
             amount: self.amount,
             reason: self.reason,
             reference: self.reference,
-        }
+        })
     }
 }
 
 impl IntoCommand for ChargeBody {
-    fn into_command(self) -> Command {
-        Command::Charge {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(Command::Charge {
             amount: self.amount,
             reason: self.reason,
-        }
+        })
     }
 }
 
@@ -224,7 +225,7 @@ impl From<WriteError> for ApiError {
     idempotency_key = request.idempotency_key.as_ref().map(|key| key.as_str()),
     command = request.command.name(),
 ))]
-async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiError> {
+pub(crate) async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let outcomes = state.writer.submit(vec![request]).await?;
     let outcome = outcomes.first().ok_or_else(|| {
         tracing::error!("the writer answered no outcome");
@@ -240,7 +241,7 @@ async fn apply_one(state: &AppState, request: Request) -> Result<Response, ApiEr
     Ok(outcome_response(outcome))
 }
 
-fn operation(
+pub(crate) fn operation(
     EnrollmentPath(key): EnrollmentPath,
     IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
     command: Command,
@@ -265,7 +266,7 @@ pub async fn enroll(
     let request = Request {
         key,
         idempotency_key: None,
-        command: body.into_command(),
+        command: body.into_command()?,
     };
     apply_one(&state, request).await
 }
@@ -311,7 +312,7 @@ pub async fn payment(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<PaymentBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command())).await
+    apply_one(&state, operation(path, key, body.into_command()?)).await
 }
 
 /// Pay exactly what is due at commit time.
@@ -325,7 +326,7 @@ pub async fn pay_remaining(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<PayRemainingBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command())).await
+    apply_one(&state, operation(path, key, body.into_command()?)).await
 }
 
 /// Record a credit adjustment (discount, scholarship).
@@ -339,7 +340,7 @@ pub async fn credit(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<CreditBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command())).await
+    apply_one(&state, operation(path, key, body.into_command()?)).await
 }
 
 /// Record a refund.
@@ -353,7 +354,7 @@ pub async fn refund(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<RefundBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command())).await
+    apply_one(&state, operation(path, key, body.into_command()?)).await
 }
 
 /// Record an extra charge (a fee).
@@ -367,7 +368,7 @@ pub async fn charge(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<ChargeBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command())).await
+    apply_one(&state, operation(path, key, body.into_command()?)).await
 }
 
 /// Mark the course finished (needs access GRANTED).

@@ -9,6 +9,7 @@ use crate::api::{
 };
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::holds::{BatchCaptureBody, BatchVoidBody, HoldBody};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,11 @@ pub enum BatchKind {
     Charge,
     Complete,
     Cancel,
+    Hold,
+    /// Its body names the hold: `{"hold_seq", "amount"?, "reference"?}`.
+    Capture,
+    /// Its body names the hold: `{"hold_seq"}`.
+    Void,
 }
 
 /// One operation of a batch. Its `body` is what the single operation's route
@@ -103,8 +109,8 @@ fn parse_body<T: DeserializeOwned + IntoCommand>(body: Value) -> Result<Command,
         body
     };
     serde_json::from_value::<T>(body)
-        .map(IntoCommand::into_command)
-        .map_err(|error| ApiError::invalid(format!("bad operation body: {error}")))
+        .map_err(|error| ApiError::invalid(format!("bad operation body: {error}")))?
+        .into_command()
 }
 
 /// Validates one operation exactly as its own route would.
@@ -135,6 +141,9 @@ fn parse_operation(operation: BatchOperation) -> Result<Request, ApiError> {
         BatchKind::Charge => parse_body::<ChargeBody>(operation.body)?,
         BatchKind::Complete => parse_body::<EmptyBodyCommand<true>>(operation.body)?,
         BatchKind::Cancel => parse_body::<EmptyBodyCommand<false>>(operation.body)?,
+        BatchKind::Hold => parse_body::<HoldBody>(operation.body)?,
+        BatchKind::Capture => parse_body::<BatchCaptureBody>(operation.body)?,
+        BatchKind::Void => parse_body::<BatchVoidBody>(operation.body)?,
     };
     Ok(Request {
         key,
@@ -149,12 +158,12 @@ fn parse_operation(operation: BatchOperation) -> Result<Request, ApiError> {
 struct EmptyBodyCommand<const COMPLETE: bool> {}
 
 impl<const COMPLETE: bool> IntoCommand for EmptyBodyCommand<COMPLETE> {
-    fn into_command(self) -> Command {
-        if COMPLETE {
+    fn into_command(self) -> Result<Command, ApiError> {
+        Ok(if COMPLETE {
             Command::Complete
         } else {
             Command::Cancel
-        }
+        })
     }
 }
 

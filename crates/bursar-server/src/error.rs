@@ -11,88 +11,32 @@ use serde_json::{Value, json};
 /// the table `docs/api.md` shows and the OpenAPI document lists. A test
 /// checks that every refusal of the core is here with the status
 /// `from_rejection` gives it.
+#[rustfmt::skip]
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
-    (
-        "INVALID_REQUEST",
-        400,
-        "malformed JSON, wrong types, out-of-range values, unknown fields, a missing or bad `Idempotency-Key`, bad ids or query parameters",
-    ),
-    (
-        "UNAUTHENTICATED",
-        401,
-        "no bearer token, or one that is unknown",
-    ),
+    ("INVALID_REQUEST", 400, "malformed JSON, wrong types, out-of-range values, unknown fields, a missing or bad `Idempotency-Key`, bad ids or query parameters"),
+    ("UNAUTHENTICATED", 401, "no bearer token, or one that is unknown"),
     ("FORBIDDEN", 403, "the token's role may not do this"),
-    (
-        "ENROLLMENT_NOT_FOUND",
-        404,
-        "no enrollment for this user and course",
-    ),
+    ("ENROLLMENT_NOT_FOUND", 404, "no enrollment for this user and course"),
+    ("HOLD_NOT_FOUND", 404, "the `hold_seq` names no hold of this enrollment"),
     ("NOT_FOUND", 404, "no such route"),
-    (
-        "METHOD_NOT_ALLOWED",
-        405,
-        "the route exists, the method does not",
-    ),
-    (
-        "ENROLLMENT_EXISTS",
-        409,
-        "enrolling again with other terms (currency, price, access policy)",
-    ),
-    (
-        "IDEMPOTENCY_KEY_REUSED",
-        409,
-        "the key was used for a different operation or body on this enrollment",
-    ),
-    ("NOTHING_DUE", 409, "`pay-remaining` when nothing is due"),
-    (
-        "ENROLLMENT_CANCELLED",
-        409,
-        "a money operation on a cancelled enrollment",
-    ),
-    (
-        "INVALID_TRANSITION",
-        409,
-        "`complete` without access granted, `cancel` after money was paid, or either when already done",
-    ),
-    (
-        "PAYLOAD_TOO_LARGE",
-        413,
-        "the body, or the number of operations of a batch, is over its limit",
-    ),
-    ("OVERPAYMENT", 422, "a payment above the amount due"),
-    ("CREDIT_EXCEEDS_DUE", 422, "a credit above the amount due"),
+    ("METHOD_NOT_ALLOWED", 405, "the route exists, the method does not"),
+    ("ENROLLMENT_EXISTS", 409, "enrolling again with other terms (currency, price, access policy)"),
+    ("IDEMPOTENCY_KEY_REUSED", 409, "the key was used for a different operation or body on this enrollment"),
+    ("NOTHING_DUE", 409, "`pay-remaining`, or a hold of the remaining balance, when nothing is available"),
+    ("ENROLLMENT_CANCELLED", 409, "a money operation on a cancelled enrollment"),
+    ("INVALID_TRANSITION", 409, "`complete` without access granted, `cancel` after money was paid or while a hold is open, or either when already done"),
+    ("HOLD_NOT_OPEN", 409, "capturing or voiding a hold that was captured, voided or has expired; `details` gives `hold_seq` and `state`"),
+    ("PAYLOAD_TOO_LARGE", 413, "the body, or the number of operations of a batch, is over its limit"),
+    ("OVERPAYMENT", 422, "a payment or hold above the amount available (the amount due less open holds)"),
+    ("CREDIT_EXCEEDS_DUE", 422, "a credit above the amount available"),
+    ("CAPTURE_EXCEEDS_HOLD", 422, "a capture above the hold's amount"),
     ("REFUND_EXCEEDS_PAID", 422, "a refund above the amount paid"),
-    (
-        "CURRENCY_MISMATCH",
-        422,
-        "a payment in another currency than the enrollment's",
-    ),
-    (
-        "TOTAL_LIMIT_EXCEEDED",
-        422,
-        "price + charges, or the sum of refunds, would pass 10^15 minor units",
-    ),
-    (
-        "INTERNAL",
-        500,
-        "a bug; it is logged. Never the answer to bad input",
-    ),
-    (
-        "OVERLOADED",
-        503,
-        "the write queue is full; retry after `Retry-After` with the same key",
-    ),
-    (
-        "UNAVAILABLE",
-        503,
-        "the database cannot be reached, or the server is shutting down; retry with the same key",
-    ),
-    (
-        "TIMEOUT",
-        503,
-        "the request took longer than its limit; its outcome is unknown until retried with the same key",
-    ),
+    ("CURRENCY_MISMATCH", 422, "a payment in another currency than the enrollment's"),
+    ("TOTAL_LIMIT_EXCEEDED", 422, "price + charges, or the sum of refunds, would pass 10^15 minor units"),
+    ("INTERNAL", 500, "a bug; it is logged. Never the answer to bad input"),
+    ("OVERLOADED", 503, "the write queue is full; retry after `Retry-After` with the same key"),
+    ("UNAVAILABLE", 503, "the database cannot be reached, or the server is shutting down; retry with the same key"),
+    ("TIMEOUT", 503, "the request took longer than its limit; its outcome is unknown until retried with the same key"),
 ];
 
 /// Seconds a client is asked to wait before retrying a 503.
@@ -156,23 +100,44 @@ impl ApiError {
     /// The one table from the core's refusals to HTTP.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
         let status = match rejection {
-            Rejection::EnrollmentNotFound(_) => StatusCode::NOT_FOUND,
+            Rejection::EnrollmentNotFound(_) | Rejection::HoldNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Rejection::EnrollmentExists { .. }
             | Rejection::IdempotencyKeyReused(_)
             | Rejection::NothingDue
             | Rejection::EnrollmentCancelled
-            | Rejection::InvalidTransition { .. } => StatusCode::CONFLICT,
+            | Rejection::InvalidTransition { .. }
+            | Rejection::HoldNotOpen { .. } => StatusCode::CONFLICT,
             Rejection::Overpayment { .. }
             | Rejection::CreditExceedsDue { .. }
             | Rejection::RefundExceedsPaid { .. }
             | Rejection::CurrencyMismatch { .. }
+            | Rejection::CaptureExceedsHold { .. }
             | Rejection::TotalLimitExceeded { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let error = ApiError::new(status, rejection.code(), rejection.to_string());
         match rejection {
-            Rejection::Overpayment { amount, due }
-            | Rejection::CreditExceedsDue { amount, due } => {
-                error.with_details(json!({"amount": amount, "amount_due": due}))
+            Rejection::Overpayment {
+                amount,
+                due,
+                available,
+            }
+            | Rejection::CreditExceedsDue {
+                amount,
+                due,
+                available,
+            } => error.with_details(
+                json!({"amount": amount, "amount_due": due, "amount_available": available}),
+            ),
+            Rejection::HoldNotFound { hold_seq } => {
+                error.with_details(json!({"hold_seq": hold_seq}))
+            }
+            Rejection::HoldNotOpen { hold_seq, state } => {
+                error.with_details(json!({"hold_seq": hold_seq, "state": state.as_str()}))
+            }
+            Rejection::CaptureExceedsHold { amount, held } => {
+                error.with_details(json!({"amount": amount, "hold_amount": held}))
             }
             Rejection::RefundExceedsPaid { amount, paid } => {
                 error.with_details(json!({"amount": amount, "amount_paid": paid}))
@@ -242,7 +207,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bursar_core::{CourseId, Currency, EnrollmentKey, UserId};
+    use bursar_core::{CourseId, Currency, EnrollmentKey, HoldState, UserId};
 
     /// One refusal of every kind: a new variant of `Rejection` fails to
     /// compile here until it is added, and then must be in `ERROR_CODES`.
@@ -267,8 +232,22 @@ mod tests {
                 got: usd,
             },
             Rejection::NothingDue,
-            Rejection::Overpayment { amount: 1, due: 0 },
-            Rejection::CreditExceedsDue { amount: 1, due: 0 },
+            Rejection::HoldNotFound { hold_seq: 2 },
+            Rejection::HoldNotOpen {
+                hold_seq: 2,
+                state: HoldState::Expired,
+            },
+            Rejection::Overpayment {
+                amount: 1,
+                due: 0,
+                available: 0,
+            },
+            Rejection::CreditExceedsDue {
+                amount: 1,
+                due: 0,
+                available: 0,
+            },
+            Rejection::CaptureExceedsHold { amount: 2, held: 1 },
             Rejection::RefundExceedsPaid { amount: 1, paid: 0 },
             Rejection::InvalidTransition {
                 action: "",
@@ -288,9 +267,12 @@ mod tests {
                 | Rejection::IdempotencyKeyReused(_)
                 | Rejection::EnrollmentCancelled
                 | Rejection::CurrencyMismatch { .. }
+                | Rejection::HoldNotFound { .. }
+                | Rejection::HoldNotOpen { .. }
                 | Rejection::NothingDue
                 | Rejection::Overpayment { .. }
                 | Rejection::CreditExceedsDue { .. }
+                | Rejection::CaptureExceedsHold { .. }
                 | Rejection::RefundExceedsPaid { .. }
                 | Rejection::InvalidTransition { .. }
                 | Rejection::TotalLimitExceeded { .. } => {}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod extract;
+pub mod holds;
 pub mod metrics;
 pub mod openapi;
 pub mod writer;
@@ -142,6 +143,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/users/{user_id}/courses/{course_id}/cancel",
             post(api::cancel),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/holds",
+            post(holds::hold).get(holds::list_holds),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/holds/{hold_seq}/capture",
+            post(holds::capture),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/holds/{hold_seq}/void",
+            post(holds::void),
         )
         .route(
             "/v1/users/{user_id}/courses/{course_id}/ledger",

@@ -20,7 +20,8 @@ use utoipa::OpenApi;
     info(title = "bursar", description = "Records what students owe and pay for course enrollments."),
     paths(crate::api::enroll, crate::api::get_enrollment, crate::api::list_enrollments,
         crate::api::payment, crate::api::pay_remaining, crate::api::credit, crate::api::refund,
-        crate::api::charge, crate::api::complete, crate::api::cancel, crate::api::ledger,
+        crate::api::charge, crate::api::complete, crate::api::cancel, crate::holds::hold,
+        crate::holds::capture, crate::holds::void, crate::holds::list_holds, crate::api::ledger,
         crate::batch::batch, crate::api::audit, crate::api::healthz, crate::api::readyz,
         crate::api::metrics, openapi_json),
     modifiers(&BearerAuth)

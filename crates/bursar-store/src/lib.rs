@@ -2,17 +2,20 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit and the API tokens.
 
+mod holds;
 mod postgres;
 mod sqlite;
 pub mod testing;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{
-    Enrollment, EnrollmentKey, EnrollmentState, LedgerEntry, Outcome, Request, Timestamp, UserId,
+    Enrollment, EnrollmentKey, EnrollmentState, Hold, LedgerEntry, Outcome, Request, Timestamp,
+    UserId,
 };
 use serde::Serialize;
 use std::path::Path;
 
+pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -158,6 +161,25 @@ impl Store {
         }
     }
 
+    /// The open holds of an enrollment, by `hold_seq`.
+    pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.open_holds(key).await,
+            Store::Postgres(store) => store.open_holds(key).await,
+        }
+    }
+
+    /// The enrollments with a hold still open past its `expires_at` at
+    /// `now`, at most `EXPIRED_ENROLLMENTS_PER_SWEEP_MAX`: what the writer's
+    /// sweep expires. Costs one lookup on an index of open holds, however
+    /// many enrollments there are.
+    pub async fn expired_holds(&self, now: Timestamp) -> Result<Vec<EnrollmentKey>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.expired_holds(now).await,
+            Store::Postgres(store) => store.expired_holds(now).await,
+        }
+    }
+
     /// Replays every enrollment's ledger and verifies every chain.
     pub async fn audit(&self) -> Result<AuditReport, StoreError> {
         match self {
@@ -202,11 +224,42 @@ impl Store {
 /// that the stored enrollment's `last_hash` is its newest entry's hash,
 /// compares the newest entry with the stored enrollment, and adds the
 /// enrollment's disagreements and counts to the report.
+///
+/// `stored_holds` are the open rows of the holds table (or why they could not
+/// be read): they must be exactly the holds the ledger leaves open.
 pub(crate) fn audit_one(
     mut verifier: ChainVerifier,
     stored: Option<&EnrollmentState>,
+    stored_holds: Result<Vec<Hold>, String>,
     report: &mut AuditReport,
 ) {
+    match stored_holds {
+        Err(problem) => verifier.note(None, problem),
+        Ok(stored_holds) => {
+            let replayed: Vec<&Hold> = verifier.open_holds();
+            let stored_holds: Vec<&Hold> = stored_holds.iter().collect();
+            if stored_holds != replayed {
+                let describe = |holds: &[&Hold]| {
+                    holds
+                        .iter()
+                        .map(|hold| {
+                            format!("{}: {} until {}", hold.seq, hold.amount, hold.expires_at)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                verifier.note(
+                    None,
+                    format!(
+                        "the holds table disagrees with the ledger: open holds stored [{}], \
+                         replayed [{}]",
+                        describe(&stored_holds),
+                        describe(&replayed)
+                    ),
+                );
+            }
+        }
+    }
     if let Some(state) = stored
         && verifier
             .last_hash()

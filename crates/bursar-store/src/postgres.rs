@@ -67,14 +67,16 @@
 //!   triggers or stored procedures. Migrations serialize on a row lock in
 //!   `bursar_schema_migrations` rather than on an advisory lock.
 
+use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
-use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
+use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, ChainVerifier, CourseId, Currency, Disagreement, Enrollment,
-    EnrollmentKey, EnrollmentState, EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry,
-    Outcome, PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+    EnrollmentKey, EnrollmentState, EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey,
+    LedgerEntry, Outcome, PaymentStatus, Price, Reason, Reference, Request, StoredOperation,
+    Timestamp, UserId,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use rustls::client::WebPkiServerVerifier;
@@ -143,7 +145,8 @@ const AUDIT_ENTRIES_PER_PAGE: i32 = 1000;
 /// add another. The columns are those of the SQLite backend, so the two
 /// share every rule; the `CHECK`s are a second line of defence behind the
 /// invariants the core asserts before every write.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE enrollments (
     user_id TEXT NOT NULL,
     course_id TEXT NOT NULL,
@@ -197,7 +200,31 @@ CREATE TABLE api_tokens (
     role TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Holds: the enrollment's held sum, each entry's hold, and one row per hold
+-- (see holds.rs). Rows written before this migration hold nothing.
+ALTER TABLE enrollments ADD COLUMN amount_held BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE enrollments ADD CONSTRAINT enrollments_amount_held_within_due
+    CHECK (amount_held >= 0 AND amount_held <= amount_due);
+ALTER TABLE ledger ADD COLUMN hold_seq BIGINT;
+ALTER TABLE ledger ADD COLUMN expires_at BIGINT;
+
+CREATE TABLE holds (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    hold_seq BIGINT NOT NULL,
+    amount BIGINT NOT NULL CHECK (amount > 0),
+    expires_at BIGINT NOT NULL,
+    reference TEXT,
+    state TEXT NOT NULL CHECK (state IN ('OPEN', 'CAPTURED', 'VOIDED', 'EXPIRED')),
+    PRIMARY KEY (user_id, course_id, hold_seq)
+);
+
+CREATE INDEX holds_open_by_enrollment ON holds (user_id, course_id) WHERE state = 'OPEN';
+CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
+"#,
+];
 
 /// How the connection is encrypted and whether the server is authenticated,
 /// after libpq's `sslmode`.
@@ -555,11 +582,11 @@ fn percent_decode(value: &str) -> String {
 }
 
 /// A failed database call, sorted by what to do about it.
-struct Failure {
-    error: StoreError,
+pub(crate) struct Failure {
+    pub(crate) error: StoreError,
     /// Running the whole transaction again may well succeed: a conflict with
     /// another transaction, or a connection that dropped mid-way.
-    transient: bool,
+    pub(crate) transient: bool,
 }
 
 /// The SQLSTATEs of a conflict with a concurrent transaction: the retry
@@ -872,6 +899,16 @@ impl PostgresStore {
             .collect()
     }
 
+    pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
+        let client = self.connection().await?;
+        holds::postgres::open(&client, key).await
+    }
+
+    pub async fn expired_holds(&self, now: Timestamp) -> Result<Vec<EnrollmentKey>, StoreError> {
+        let client = self.connection().await?;
+        holds::postgres::expired(&client, now).await
+    }
+
     /// Replays every enrollment's ledger and verifies every chain, all read
     /// from one snapshot so that writes going on meanwhile cannot make a
     /// consistent database look inconsistent.
@@ -958,7 +995,7 @@ impl PostgresStore {
     }
 }
 
-fn read_error(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn read_error(error: tokio_postgres::Error) -> StoreError {
     classify(&error).error
 }
 
@@ -1033,16 +1070,17 @@ fn migration_failure(error: tokio_postgres::Error) -> Failure {
 
 const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price, amount_charged, amount_paid, \
      amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
-     access_policy_amount, access_status, status, version, created_at, updated_at, last_hash";
+     access_policy_amount, access_status, status, version, created_at, updated_at, last_hash, \
+     amount_held";
 
 const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-     reason, created_at, snapshot, prev_hash, hash";
+     reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at";
 
 /// Locks every existing enrollment of the batch, in key order.
 const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amount_charged, \
      amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
      access_policy_kind, access_policy_amount, access_status, status, version, created_at, \
-     updated_at, last_hash FROM enrollments \
+     updated_at, last_hash, amount_held FROM enrollments \
      WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
      ORDER BY user_id, course_id FOR UPDATE";
 
@@ -1050,37 +1088,39 @@ const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amou
 /// by the one-column unique index: a plan on the primary key with a filter
 /// would walk an enrollment's whole ledger for every key.
 const LOAD_STORED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-     reference, reason, created_at, snapshot, prev_hash, hash, user_id, course_id FROM ledger \
+     reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, user_id, \
+     course_id FROM ledger \
      WHERE idempotency_lookup = ANY($1::TEXT[])";
 
 const INSERT_ENROLLMENTS: &str = "INSERT INTO enrollments (user_id, course_id, currency, price, \
      amount_charged, amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
      access_policy_kind, access_policy_amount, access_status, status, version, created_at, \
-     updated_at, last_hash) \
+     updated_at, last_hash, amount_held) \
      SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
      $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::TEXT[], \
      $12::BIGINT[], $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], \
-     $18::TEXT[])";
+     $18::TEXT[], $19::BIGINT[])";
 
 const UPDATE_ENROLLMENTS: &str = "UPDATE enrollments AS e SET amount_charged = u.amount_charged, \
      amount_paid = u.amount_paid, amount_credited = u.amount_credited, \
      amount_refunded = u.amount_refunded, amount_due = u.amount_due, \
      payment_status = u.payment_status, access_status = u.access_status, status = u.status, \
-     version = u.version, updated_at = u.updated_at, last_hash = u.last_hash \
+     version = u.version, updated_at = u.updated_at, last_hash = u.last_hash, \
+     amount_held = u.amount_held \
      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
      $6::BIGINT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], \
-     $12::BIGINT[], $13::TEXT[], $14::BIGINT[]) \
+     $12::BIGINT[], $13::TEXT[], $14::BIGINT[], $15::BIGINT[]) \
      AS u(user_id, course_id, amount_charged, amount_paid, amount_credited, amount_refunded, \
      amount_due, payment_status, access_status, status, version, updated_at, last_hash, \
-     version_before) \
+     version_before, amount_held) \
      WHERE e.user_id = u.user_id AND e.course_id = u.course_id AND e.version = u.version_before";
 
 const INSERT_ENTRIES: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, \
      currency, idempotency_key, fingerprint, reference, reason, created_at, snapshot, \
-     prev_hash, hash) \
+     prev_hash, hash, hold_seq, expires_at) \
      SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
      $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], \
-     $13::TEXT[], $14::TEXT[])";
+     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[])";
 
 /// One attempt at a batch: one transaction, a handful of statements.
 async fn execute_batch(
@@ -1099,6 +1139,7 @@ async fn execute_batch(
         let state = checked_state(&row)?;
         input.states.insert(state.enrollment.key(), state);
     }
+    holds::postgres::load_into(&transaction, &mut input.states, &named_holds(requests)).await?;
 
     // Only an existing enrollment can hold stored operations.
     let wanted: Vec<(EnrollmentKey, IdempotencyKey)> = idempotency_keys(requests)
@@ -1118,7 +1159,7 @@ async fn execute_batch(
         // has grown, until autovacuum happens to analyze it (seen on a fresh
         // database: 24 million rows read in six seconds).
         for row in transaction.query(LOAD_STORED, &[&lookups]).await? {
-            let key = row_key(&row, 12).map_err(StoreError::Internal)?;
+            let key = row_key(&row, 14).map_err(StoreError::Internal)?;
             let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
             let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {
                 StoreError::Internal(format!("ledger entry {key} seq {} lost its key", entry.seq))
@@ -1153,6 +1194,7 @@ async fn execute_batch(
     }
     if !plan.new_entries.is_empty() {
         insert_entries(&transaction, &plan.new_entries).await?;
+        holds::postgres::write(&transaction, &plan.new_entries).await?;
     }
     transaction.commit().await?;
     Ok(plan.outcomes)
@@ -1212,6 +1254,7 @@ async fn insert_enrollments(
                 &column(states, |state| state.enrollment.created_at.unix_micros()),
                 &column(states, |state| state.enrollment.updated_at.unix_micros()),
                 &last_hashes,
+                &column(states, |state| state.enrollment.amount_held),
             ],
         )
         .await?;
@@ -1253,6 +1296,7 @@ async fn update_enrollments(
                 &column(states, |state| state.enrollment.updated_at.unix_micros()),
                 &last_hashes,
                 &before,
+                &column(states, |state| state.enrollment.amount_held),
             ],
         )
         .await?;
@@ -1290,7 +1334,11 @@ async fn insert_entries(
     let mut snapshots = Vec::with_capacity(entries.len());
     let mut previous = Vec::with_capacity(entries.len());
     let mut hashes = Vec::with_capacity(entries.len());
+    let mut hold_seqs = Vec::with_capacity(entries.len());
+    let mut expiries = Vec::with_capacity(entries.len());
     for (entry, fingerprint) in entries {
+        hold_seqs.push(entry.hold_seq.map(|seq| seq as i64));
+        expiries.push(entry.expires_at.map(Timestamp::unix_micros));
         user_ids.push(entry.enrollment.user_id.as_str());
         course_ids.push(entry.enrollment.course_id.as_str());
         seqs.push(entry.seq as i64);
@@ -1325,6 +1373,8 @@ async fn insert_entries(
                 &snapshots,
                 &previous,
                 &hashes,
+                &hold_seqs,
+                &expiries,
             ],
         )
         .await?;
@@ -1363,6 +1413,8 @@ fn parse_state(row: &Row) -> Result<EnrollmentState, String> {
         amount_credited: number(6, "amount_credited")?,
         amount_refunded: number(7, "amount_refunded")?,
         amount_due: number(8, "amount_due")?,
+        amount_held: number(18, "amount_held")?,
+        amount_available: number(8, "amount_due")?.saturating_sub(number(18, "amount_held")?),
         payment_status: PaymentStatus::parse(&text(9, "payment_status")?)
             .ok_or_else(|| bad("payment_status"))?,
         access_policy,
@@ -1374,10 +1426,7 @@ fn parse_state(row: &Row) -> Result<EnrollmentState, String> {
         updated_at: Timestamp::from_unix_micros(number(16, "updated_at")?),
     };
     let last_hash = Hash::from_hex(&text(17, "last_hash")?).ok_or_else(|| bad("last_hash"))?;
-    Ok(EnrollmentState {
-        enrollment,
-        last_hash,
-    })
+    Ok(EnrollmentState::new(enrollment, last_hash))
 }
 
 /// Parses a row and asserts the money invariants on what was read back: a
@@ -1446,6 +1495,16 @@ fn parse_entry(
             .map_err(|error| bad(&format!("snapshot ({error})")))?,
         prev_hash: Hash::from_hex(&text(10, "prev_hash")?).ok_or_else(|| bad("prev_hash"))?,
         hash: Hash::from_hex(&text(11, "hash")?).ok_or_else(|| bad("hash"))?,
+        hold_seq: row
+            .try_get::<_, Option<i64>>(first + 12)
+            .map_err(|_| bad("hold_seq"))?
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| bad("hold_seq"))?,
+        expires_at: row
+            .try_get::<_, Option<i64>>(first + 13)
+            .map_err(|_| bad("expires_at"))?
+            .map(Timestamp::from_unix_micros),
     };
     let fingerprint = Hash::from_hex(&text(5, "fingerprint")?).ok_or_else(|| bad("fingerprint"))?;
     Ok((entry, fingerprint))
@@ -1486,8 +1545,8 @@ impl EntryPages {
         let Some(row) = self.next_any(transaction).await? else {
             return Ok(None);
         };
-        let user_id: &str = row.try_get(12).map_err(read_error)?;
-        let course_id: &str = row.try_get(13).map_err(read_error)?;
+        let user_id: &str = row.try_get(14).map_err(read_error)?;
+        let course_id: &str = row.try_get(15).map_err(read_error)?;
         if (user_id, course_id) == (ids.0.as_str(), ids.1.as_str()) {
             Ok(Some(row))
         } else {
@@ -1545,6 +1604,9 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
             let course_id: String = row.try_get(1).map_err(read_error)?;
             stored.insert((user_id, course_id), parse_state(&row));
         }
+        let mut open_holds = holds::postgres::open_of_chunk(transaction, &user_ids, &course_ids)
+            .await
+            .map_err(|error| error.to_string());
         // The chunk's entries come from one portal a page at a time, in the
         // order of the keys, and go to each enrollment's verifier as they
         // come: no enrollment's ledger is ever held whole.
@@ -1590,7 +1652,11 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
                     Err(problem) => verifier.note(None, problem),
                 }
             }
-            audit_one(verifier, state.as_ref(), &mut report);
+            let stored_holds = match &mut open_holds {
+                Ok(by_enrollment) => Ok(by_enrollment.remove(&ids).unwrap_or_default()),
+                Err(problem) => Err(problem.clone()),
+            };
+            audit_one(verifier, state.as_ref(), stored_holds, &mut report);
         }
         // Both queries sort by the same columns in the same snapshot, so
         // every row has been taken by its enrollment; a row left over would

@@ -2,14 +2,15 @@
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
+use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
-use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, plan_batch};
+use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
-    EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, Outcome, PaymentStatus, Price,
-    Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+    EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey, LedgerEntry, Outcome, PaymentStatus,
+    Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -92,7 +93,8 @@ pub struct SqliteStore {
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE enrollments (
     user_id TEXT NOT NULL,
     course_id TEXT NOT NULL,
@@ -142,9 +144,31 @@ CREATE TABLE api_tokens (
     role TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Holds: the enrollment's held sum, each entry's hold, and one row per hold
+-- (see holds.rs). Rows written before this migration hold nothing.
+ALTER TABLE enrollments ADD COLUMN amount_held INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ledger ADD COLUMN hold_seq INTEGER;
+ALTER TABLE ledger ADD COLUMN expires_at INTEGER;
 
-fn map_error(error: rusqlite::Error) -> StoreError {
+CREATE TABLE holds (
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    hold_seq INTEGER NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    expires_at INTEGER NOT NULL,
+    reference TEXT,
+    state TEXT NOT NULL CHECK (state IN ('OPEN', 'CAPTURED', 'VOIDED', 'EXPIRED')),
+    PRIMARY KEY (user_id, course_id, hold_seq)
+) WITHOUT ROWID;
+
+CREATE INDEX holds_open_by_enrollment ON holds (user_id, course_id) WHERE state = 'OPEN';
+CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
+"#,
+];
+
+pub(crate) fn map_error(error: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     match &error {
         rusqlite::Error::SqliteFailure(failure, _)
@@ -337,6 +361,17 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
+        let key = key.clone();
+        self.read(move |connection| holds::sqlite::open(connection, &key))
+            .await
+    }
+
+    pub async fn expired_holds(&self, now: Timestamp) -> Result<Vec<EnrollmentKey>, StoreError> {
+        self.read(move |connection| holds::sqlite::expired(connection, now))
+            .await
+    }
+
     pub async fn audit(&self) -> Result<AuditReport, StoreError> {
         self.read(|connection| {
             // One read transaction: the audit sees one consistent snapshot,
@@ -427,8 +462,14 @@ fn execute_batch(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_error)?;
     let mut input = BatchInput::default();
+    let named = named_holds(requests);
     for key in enrollment_keys(requests) {
-        if let Some(state) = load_state(&transaction, &key)? {
+        if let Some(mut state) = load_state(&transaction, &key)? {
+            let seqs = named
+                .iter()
+                .filter(|(named_key, _)| *named_key == key)
+                .map(|(_, seq)| *seq);
+            holds::sqlite::load_into(&transaction, &mut state, seqs)?;
             input.states.insert(key, state);
         }
     }
@@ -475,10 +516,13 @@ fn execute_batch(
                     snapshot,
                     entry.prev_hash.to_hex(),
                     entry.hash.to_hex(),
+                    entry.hold_seq.map(|seq| seq as i64),
+                    entry.expires_at.map(Timestamp::unix_micros),
                 ])
                 .map_err(map_error)?;
         }
     }
+    holds::sqlite::write(&transaction, &plan.new_entries)?;
     transaction.commit().map_err(map_error)?;
     Ok(plan.outcomes)
 }
@@ -490,7 +534,8 @@ macro_rules! enrollment_columns {
     () => {
         "user_id, course_id, currency, price, amount_charged, amount_paid, \
          amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
-         access_policy_amount, access_status, status, version, created_at, updated_at, last_hash"
+         access_policy_amount, access_status, status, version, created_at, updated_at, last_hash, \
+         amount_held"
     };
 }
 
@@ -498,7 +543,7 @@ macro_rules! enrollment_columns {
 macro_rules! entry_columns {
     () => {
         "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-         reason, created_at, snapshot, prev_hash, hash"
+         reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at"
     };
 }
 
@@ -517,7 +562,7 @@ const SELECT_USER_ENROLLMENTS: &str = concat!(
 const INSERT_ENROLLMENT: &str = concat!(
     "INSERT INTO enrollments (",
     enrollment_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
 );
 
 const SELECT_ENTRIES_AFTER: &str = concat!(
@@ -539,8 +584,9 @@ const SELECT_ALL_ENTRIES: &str = concat!(
 );
 
 const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
-     idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+     idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, \
+     hold_seq, expires_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 /// The raw columns of an enrollment row, before validation.
 struct EnrollmentRow {
@@ -557,6 +603,7 @@ struct EnrollmentRow {
     created_at: i64,
     updated_at: i64,
     last_hash: String,
+    amount_held: i64,
 }
 
 fn read_enrollment_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
@@ -581,6 +628,7 @@ fn read_enrollment_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentRow> {
         created_at: row.get(15)?,
         updated_at: row.get(16)?,
         last_hash: row.get(17)?,
+        amount_held: row.get(18)?,
     })
 }
 
@@ -614,6 +662,8 @@ fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
         amount_credited,
         amount_refunded,
         amount_due,
+        amount_held: row.amount_held,
+        amount_available: amount_due.saturating_sub(row.amount_held),
         payment_status: PaymentStatus::parse(&row.payment_status)
             .ok_or_else(|| bad("payment_status"))?,
         access_policy,
@@ -625,10 +675,7 @@ fn parse_state(row: EnrollmentRow) -> Result<EnrollmentState, String> {
         updated_at: Timestamp::from_unix_micros(row.updated_at),
     };
     let last_hash = Hash::from_hex(&row.last_hash).ok_or_else(|| bad("last_hash"))?;
-    Ok(EnrollmentState {
-        enrollment,
-        last_hash,
-    })
+    Ok(EnrollmentState::new(enrollment, last_hash))
 }
 
 /// Parses a row and asserts the money invariants on what was read back: a
@@ -694,6 +741,7 @@ fn insert_enrollment(connection: &Connection, state: &EnrollmentState) -> Result
             enrollment.created_at.unix_micros(),
             enrollment.updated_at.unix_micros(),
             state.last_hash.to_hex(),
+            enrollment.amount_held,
         ])
         .map_err(map_error)?;
     Ok(())
@@ -709,7 +757,7 @@ fn update_enrollment(
         .prepare_cached(
             "UPDATE enrollments SET amount_charged = ?3, amount_paid = ?4, amount_credited = ?5, \
              amount_refunded = ?6, amount_due = ?7, payment_status = ?8, access_status = ?9, status = ?10, \
-             version = ?11, updated_at = ?12, last_hash = ?13 \
+             version = ?11, updated_at = ?12, last_hash = ?13, amount_held = ?15 \
              WHERE user_id = ?1 AND course_id = ?2 AND version = ?14",
         )
         .map_err(map_error)?;
@@ -729,6 +777,7 @@ fn update_enrollment(
             enrollment.updated_at.unix_micros(),
             state.last_hash.to_hex(),
             version_before as i64,
+            enrollment.amount_held,
         ])
         .map_err(map_error)?;
     if updated != 1 {
@@ -757,6 +806,8 @@ fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryR
     let snapshot: String = row.get(9)?;
     let prev_hash: String = row.get(10)?;
     let hash: String = row.get(11)?;
+    let hold_seq: Option<i64> = row.get(12)?;
+    let expires_at: Option<i64> = row.get(13)?;
     let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
     let parse = || -> Result<(LedgerEntry, Hash), String> {
         let entry = LedgerEntry {
@@ -776,6 +827,11 @@ fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryR
                 .map(|text| Reason::parse(&text))
                 .transpose()
                 .map_err(|_| bad("reason"))?,
+            hold_seq: hold_seq
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| bad("hold_seq"))?,
+            expires_at: expires_at.map(Timestamp::from_unix_micros),
             created_at: Timestamp::from_unix_micros(created_at),
             enrollment: serde_json::from_str(&snapshot)
                 .map_err(|error| bad(&format!("snapshot ({error})")))?,
@@ -903,7 +959,8 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
                 Err(problem) => verifier.note(None, problem),
             }
         }
-        audit_one(verifier, stored.as_ref(), &mut report);
+        let stored_holds = holds::sqlite::open(connection, &key).map_err(|error| error.to_string());
+        audit_one(verifier, stored.as_ref(), stored_holds, &mut report);
     }
     Ok(report)
 }

@@ -4,5 +4,6 @@
 
 mod helpers;
 
+mod holds;
 mod model;
 mod store;

@@ -4,18 +4,21 @@
 //! enrollment must agree.
 //!
 //! The model shares no logic with `bursar-core`: it only borrows its types to
-//! build requests and to compare results. A failure names the seed and the
+//! build requests and to compare results. Holds are opened, captured, voided
+//! and left to expire at random times: the model decides which holds have
+//! expired from the clock the test passes in, and expects their `EXPIRE`
+//! entries before the request that comes upon them. A failure names the seed and the
 //! step; `BURSAR_SEED=N cargo test -p bursar-store --test conformance model`
 //! reruns that one seed.
 
 use crate::helpers::{Backend, Rng, SECOND, T0, TestDb, amount, at, currency, key, price};
 use bursar_core::{
     AccessPolicy, AccessStatus, Command, Currency, EnrollTerms, Enrollment, EnrollmentKey,
-    EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, Outcome, PaymentStatus, Reason,
-    Reference, Request,
+    EnrollmentStatus, EntryKind, Hash, HoldAmount, HoldExpiry, IdempotencyKey, LedgerEntry,
+    Outcome, PaymentStatus, Reason, Reference, Request, Timestamp,
 };
 use bursar_store::{LEDGER_PAGE_ENTRIES_MAX, Store};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 crate::conformance!(model_agrees_with_store);
 
@@ -49,6 +52,9 @@ enum Expected {
         kind: EntryKind,
         amount: i64,
         after: Enrollment,
+        reference: Option<Reference>,
+        hold_seq: Option<u64>,
+        expires_at: Option<Timestamp>,
     },
     /// The entry with this sequence number, recorded earlier.
     Replayed { seq: u64 },
@@ -56,6 +62,25 @@ enum Expected {
     Unchanged(Enrollment),
     /// Refused with this code.
     Rejected(&'static str),
+}
+
+/// One hold as the model keeps it.
+#[derive(Debug, Clone)]
+struct ModelHold {
+    amount: i64,
+    expires_at: i64,
+    reference: Option<Reference>,
+    /// `OPEN`, `CAPTURED`, `VOIDED` or `EXPIRED`.
+    state: &'static str,
+}
+
+/// An `EXPIRE` entry the model expects before a request.
+#[derive(Debug, Clone)]
+struct ExpectedExpiry {
+    seq: u64,
+    hold_seq: u64,
+    amount: i64,
+    after: Enrollment,
 }
 
 /// One enrollment as the model keeps it.
@@ -77,6 +102,8 @@ struct ModelEnrollment {
     /// Every idempotency key that produced an accepted operation: the
     /// request it came with and the entry it produced.
     keys: HashMap<IdempotencyKey, (Command, u64)>,
+    /// Every hold, by the seq of its HOLD entry.
+    holds: BTreeMap<u64, ModelHold>,
 }
 
 impl ModelEnrollment {
@@ -96,6 +123,7 @@ impl ModelEnrollment {
             created_at: now,
             updated_at: now,
             keys: HashMap::new(),
+            holds: BTreeMap::new(),
         };
         model.derive_statuses();
         model
@@ -103,6 +131,46 @@ impl ModelEnrollment {
 
     fn due(&self) -> i64 {
         self.price + self.charged - self.paid - self.credited
+    }
+
+    fn held(&self) -> i64 {
+        self.holds
+            .values()
+            .filter(|hold| hold.state == "OPEN")
+            .map(|hold| hold.amount)
+            .sum()
+    }
+
+    fn available(&self) -> i64 {
+        self.due() - self.held()
+    }
+
+    /// Releases every open hold whose time has come at `now`, earliest
+    /// expiry first, each by an entry of its own.
+    fn expire(&mut self, now: i64) -> Vec<ExpectedExpiry> {
+        let now = now.max(self.updated_at);
+        let mut due: Vec<(i64, u64)> = self
+            .holds
+            .iter()
+            .filter(|(_, hold)| hold.state == "OPEN" && hold.expires_at <= now)
+            .map(|(seq, hold)| (hold.expires_at, *seq))
+            .collect();
+        due.sort();
+        let mut expired = Vec::new();
+        for (_, hold_seq) in due {
+            let hold = self.holds.get_mut(&hold_seq).expect("an open hold");
+            hold.state = "EXPIRED";
+            let amount = hold.amount;
+            self.version += 1;
+            self.updated_at = now;
+            expired.push(ExpectedExpiry {
+                seq: self.version,
+                hold_seq,
+                amount,
+                after: self.expected(),
+            });
+        }
+        expired
     }
 
     /// Whether the access policy holds. A MIN_SETTLED policy also holds once
@@ -164,6 +232,8 @@ impl ModelEnrollment {
             amount_credited: self.credited,
             amount_refunded: self.refunded,
             amount_due: self.due(),
+            amount_held: self.held(),
+            amount_available: self.available(),
             payment_status: self.payment_status(),
             access_policy: self.policy,
             access_status: self.access,
@@ -193,8 +263,19 @@ impl ModelEnrollment {
             return answer;
         }
         let cancelled = self.status == EnrollmentStatus::Cancelled;
+        let now = now.max(self.updated_at);
         let mut next = self.clone();
+        let mut reference = match &request.command {
+            Command::Payment { reference, .. }
+            | Command::PayRemaining { reference }
+            | Command::Refund { reference, .. }
+            | Command::Hold { reference, .. } => reference.clone(),
+            _ => None,
+        };
+        let mut hold_seq = None;
+        let mut expires_at = None;
         let (kind, moved) = match &request.command {
+            Command::ExpireHolds => return Expected::Unchanged(self.expected()),
             Command::Enroll(_) => unreachable!("enrolling is decided by the caller"),
             Command::Complete => {
                 if self.access != AccessStatus::Granted
@@ -209,7 +290,7 @@ impl ModelEnrollment {
                 (EntryKind::Complete, 0)
             }
             Command::Cancel => {
-                if self.paid > 0 || cancelled {
+                if self.paid > 0 || cancelled || self.held() > 0 {
                     return Expected::Rejected("INVALID_TRANSITION");
                 }
                 next.status = EnrollmentStatus::Cancelled;
@@ -223,23 +304,23 @@ impl ModelEnrollment {
                     return Expected::Rejected("CURRENCY_MISMATCH");
                 }
                 let amount = amount.minor_units();
-                if amount > self.due() {
+                if amount > self.available() {
                     return Expected::Rejected("OVERPAYMENT");
                 }
                 next.paid += amount;
                 (EntryKind::Payment, amount)
             }
             Command::PayRemaining { .. } => {
-                let due = self.due();
-                if due == 0 {
+                let available = self.available();
+                if available == 0 {
                     return Expected::Rejected("NOTHING_DUE");
                 }
-                next.paid += due;
-                (EntryKind::Payment, due)
+                next.paid += available;
+                (EntryKind::Payment, available)
             }
             Command::Credit { amount, .. } => {
                 let amount = amount.minor_units();
-                if amount > self.due() {
+                if amount > self.available() {
                     return Expected::Rejected("CREDIT_EXCEEDS_DUE");
                 }
                 next.credited += amount;
@@ -265,10 +346,75 @@ impl ModelEnrollment {
                 next.charged += amount;
                 (EntryKind::Charge, amount)
             }
+            Command::Hold {
+                amount, expires_in, ..
+            } => {
+                let available = self.available();
+                let amount = match amount {
+                    HoldAmount::Remaining if available == 0 => {
+                        return Expected::Rejected("NOTHING_DUE");
+                    }
+                    HoldAmount::Remaining => available,
+                    HoldAmount::Amount(amount) if amount.minor_units() > available => {
+                        return Expected::Rejected("OVERPAYMENT");
+                    }
+                    HoldAmount::Amount(amount) => amount.minor_units(),
+                };
+                let seq = self.version + 1;
+                let expiry = now + i64::from(expires_in.seconds()) * SECOND;
+                next.holds.insert(
+                    seq,
+                    ModelHold {
+                        amount,
+                        expires_at: expiry,
+                        reference: reference.clone(),
+                        state: "OPEN",
+                    },
+                );
+                hold_seq = Some(seq);
+                expires_at = Some(at(expiry));
+                (EntryKind::Hold, amount)
+            }
+            Command::Capture {
+                hold_seq: seq,
+                amount,
+                reference: given,
+            } => {
+                let hold = match self.holds.get(seq) {
+                    None => return Expected::Rejected("HOLD_NOT_FOUND"),
+                    Some(hold) if hold.state != "OPEN" || hold.expires_at <= now => {
+                        return Expected::Rejected("HOLD_NOT_OPEN");
+                    }
+                    Some(hold) => hold,
+                };
+                let captured = amount.map_or(hold.amount, |amount| amount.minor_units());
+                if captured > hold.amount {
+                    return Expected::Rejected("CAPTURE_EXCEEDS_HOLD");
+                }
+                next.paid += captured;
+                next.holds.get_mut(seq).expect("the hold").state = "CAPTURED";
+                reference = given.clone().or_else(|| hold.reference.clone());
+                hold_seq = Some(*seq);
+                (EntryKind::Capture, captured)
+            }
+            Command::Void { hold_seq: seq } => {
+                let hold = match self.holds.get(seq) {
+                    None => return Expected::Rejected("HOLD_NOT_FOUND"),
+                    Some(hold) if hold.state != "OPEN" || hold.expires_at <= now => {
+                        return Expected::Rejected("HOLD_NOT_OPEN");
+                    }
+                    Some(hold) => hold,
+                };
+                let released = hold.amount;
+                next.holds.get_mut(seq).expect("the hold").state = "VOIDED";
+                hold_seq = Some(*seq);
+                (EntryKind::Void, released)
+            }
+            Command::Expire { .. } => unreachable!("never generated"),
         };
         next.derive_statuses();
         next.version += 1;
-        next.updated_at = now.max(self.updated_at);
+        next.updated_at = now;
         if let Some(idempotency_key) = &request.idempotency_key {
             next.keys.insert(
                 idempotency_key.clone(),
@@ -280,6 +426,9 @@ impl ModelEnrollment {
             kind,
             amount: moved,
             after: self.expected(),
+            reference,
+            hold_seq,
+            expires_at,
         }
     }
 }
@@ -290,7 +439,21 @@ struct Model {
 }
 
 impl Model {
-    fn step(&mut self, slot: usize, request: &Request, now: i64) -> Expected {
+    /// The `EXPIRE` entries written before the request, and its answer.
+    fn step(
+        &mut self,
+        slot: usize,
+        request: &Request,
+        now: i64,
+    ) -> (Vec<ExpectedExpiry>, Expected) {
+        let expired = match &mut self.slots[slot] {
+            Some(existing) => existing.expire(now),
+            None => Vec::new(),
+        };
+        (expired, self.decide(slot, request, now))
+    }
+
+    fn decide(&mut self, slot: usize, request: &Request, now: i64) -> Expected {
         let current = &mut self.slots[slot];
         match (current, &request.command) {
             (None, Command::Enroll(terms)) => {
@@ -308,6 +471,9 @@ impl Model {
                     kind: EntryKind::Enroll,
                     amount: terms.price.minor_units(),
                     after,
+                    reference: None,
+                    hold_seq: None,
+                    expires_at: None,
                 }
             }
             (None, _) => Expected::Rejected("ENROLLMENT_NOT_FOUND"),
@@ -381,6 +547,50 @@ impl Generator {
         }
     }
 
+    /// A hold, or the capture or void of one: usually of a hold the
+    /// enrollment has (open or not), sometimes of a seq that names none.
+    fn hold_command(&mut self, state: Option<&ModelEnrollment>) -> Command {
+        let reference = || Reference::parse("pi_1").expect("reference");
+        let holds: Vec<(u64, i64)> = state.map_or(Vec::new(), |state| {
+            state
+                .holds
+                .iter()
+                .map(|(seq, hold)| (*seq, hold.amount))
+                .collect()
+        });
+        let (hold_seq, held) = if !holds.is_empty() && self.rng.chance(85) {
+            *self.rng.pick(&holds)
+        } else {
+            let version = state.map_or(1, |state| state.version);
+            (self.rng.range(1, version as i64 + 2) as u64, 0)
+        };
+        match self.rng.below(10) {
+            0..=4 => {
+                let available = state.map_or(0, ModelEnrollment::available);
+                let amount = if self.rng.chance(40) {
+                    HoldAmount::Remaining
+                } else {
+                    HoldAmount::Amount(amount(self.amount_near(available)))
+                };
+                let seconds = *self.rng.pick(&[30, 45, 90, 300, 900]);
+                Command::Hold {
+                    amount,
+                    expires_in: HoldExpiry::from_seconds(seconds).expect("within bounds"),
+                    reference: self.rng.chance(50).then(reference),
+                }
+            }
+            5..=7 => Command::Capture {
+                hold_seq,
+                amount: self
+                    .rng
+                    .chance(40)
+                    .then(|| amount(self.amount_near(held.max(1)))),
+                reference: self.rng.chance(30).then(reference),
+            },
+            _ => Command::Void { hold_seq },
+        }
+    }
+
     fn next(&mut self, model: &Model) -> (usize, Request) {
         if !self.sent.is_empty() && self.rng.chance(12) {
             let index = self.rng.below(self.sent.len() as u64) as usize;
@@ -400,8 +610,27 @@ impl Generator {
             self.sent.push((slot, request.clone()));
             return (slot, request);
         }
-        let (due, paid) = state.map_or((0, 0), |state| (state.due(), state.paid));
+        let (due, paid) = state.map_or((0, 0), |state| (state.available(), state.paid));
         let why = || Reason::parse("adjustment").expect("reason");
+        if self.rng.chance(3) {
+            // The writer's sweep: no key, no answer of its own.
+            let request = Request {
+                key,
+                idempotency_key: None,
+                command: Command::ExpireHolds,
+            };
+            return (slot, request);
+        }
+        if self.rng.chance(35) {
+            let command = self.hold_command(state);
+            let request = Request {
+                key,
+                idempotency_key: Some(self.idempotency_key()),
+                command,
+            };
+            self.sent.push((slot, request.clone()));
+            return (slot, request);
+        }
         let command = match self.rng.below(100) {
             0..=29 => {
                 let currency = match self.rng.below(10) {
@@ -461,19 +690,38 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// The fields of an entry that come from the request itself.
-fn request_fields(command: &Command) -> (Option<Reference>, Option<Reason>) {
+/// The reason an entry takes from its request.
+fn request_reason(command: &Command) -> Option<Reason> {
     match command {
-        Command::Payment { reference, .. } | Command::PayRemaining { reference } => {
-            (reference.clone(), None)
+        Command::Credit { reason, .. }
+        | Command::Charge { reason, .. }
+        | Command::Refund { reason, .. } => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+/// Compares an `EXPIRE` entry of the store with the model's.
+fn check_expiry(
+    expected: &ExpectedExpiry,
+    entry: Option<&LedgerEntry>,
+    ledger: &[LedgerEntry],
+) -> Result<(), String> {
+    let previous_hash = ledger.last().map_or(Hash::ZERO, |last| last.hash);
+    match entry {
+        Some(entry)
+            if entry.kind == EntryKind::Expire
+                && entry.amount == expected.amount
+                && entry.hold_seq == Some(expected.hold_seq)
+                && entry.enrollment == expected.after
+                && entry.created_at == expected.after.updated_at
+                && entry.idempotency_key.is_none()
+                && entry.prev_hash == previous_hash =>
+        {
+            Ok(())
         }
-        Command::Credit { reason, .. } | Command::Charge { reason, .. } => {
-            (None, Some(reason.clone()))
-        }
-        Command::Refund {
-            reason, reference, ..
-        } => (reference.clone(), Some(reason.clone())),
-        Command::Enroll(_) | Command::Complete | Command::Cancel => (None, None),
+        _ => Err(format!(
+            "the model expects an EXPIRE entry {expected:?}\n  the store has {entry:?}"
+        )),
     }
 }
 
@@ -490,11 +738,14 @@ fn check_outcome(
                 kind,
                 amount,
                 after,
+                reference,
+                hold_seq,
+                expires_at,
             },
             Outcome::Accepted(entry),
         ) => {
             let previous_hash = ledger.last().map_or(Hash::ZERO, |last| last.hash);
-            let (reference, reason) = request_fields(&request.command);
+            let reason = request_reason(&request.command);
             let problems = [
                 (entry.kind != *kind, "kind"),
                 (entry.amount != *amount, "amount"),
@@ -502,7 +753,9 @@ fn check_outcome(
                 (entry.enrollment != *after, "enrollment snapshot"),
                 (entry.created_at != after.updated_at, "created_at"),
                 (entry.idempotency_key != request.idempotency_key, "key"),
-                (entry.reference != reference, "reference"),
+                (entry.reference != *reference, "reference"),
+                (entry.hold_seq != *hold_seq, "hold_seq"),
+                (entry.expires_at != *expires_at, "expires_at"),
                 (entry.reason != reason, "reason"),
                 (entry.currency != after.currency, "currency"),
                 (entry.prev_hash != previous_hash, "prev_hash"),
@@ -581,12 +834,12 @@ async fn run_seed(backend: Backend, seed: u64) -> Result<Counts, String> {
         let mut batch = Vec::with_capacity(size);
         for _ in 0..size {
             let (slot, request) = generator.next(&model);
-            let expected = model.step(slot, &request, clock);
-            batch.push((slot, request, expected));
+            let (expired, expected) = model.step(slot, &request, clock);
+            batch.push((slot, request, expired, expected));
         }
         let requests: Vec<Request> = batch
             .iter()
-            .map(|(_, request, _)| request.clone())
+            .map(|(_, request, _, _)| request.clone())
             .collect();
         let outcomes = match store.execute(requests, at(clock)).await {
             Ok(outcomes) => outcomes,
@@ -599,7 +852,37 @@ async fn run_seed(backend: Backend, seed: u64) -> Result<Counts, String> {
                 format!("{} requests got {} outcomes", batch.len(), outcomes.len()),
             );
         }
-        for ((slot, request, expected), outcome) in batch.iter().zip(&outcomes) {
+        // The batch's new entries as the store keeps them: the EXPIRE
+        // entries answer no one, so they are read back.
+        let mut written: Vec<Vec<LedgerEntry>> = Vec::with_capacity(keys.len());
+        for (slot, key) in keys.iter().enumerate() {
+            match store
+                .ledger(key, ledgers[slot].len() as u64, LEDGER_PAGE_ENTRIES_MAX)
+                .await
+            {
+                Ok(entries) => written.push(entries),
+                Err(error) => return fail(&trace, step, format!("reading {key} failed: {error}")),
+            }
+        }
+        for ((slot, request, expired, expected), outcome) in batch.iter().zip(&outcomes) {
+            for expiry in expired {
+                let entry = written[*slot].iter().find(|entry| entry.seq == expiry.seq);
+                trace.push(format!(
+                    "  step {step} (batch {batch_number}): {} expires hold {} -> {}",
+                    request.key,
+                    expiry.hold_seq,
+                    entry.map_or("nothing".to_owned(), |entry| format!(
+                        "{} seq {}",
+                        entry.kind.as_str(),
+                        entry.seq
+                    ))
+                ));
+                if let Err(problem) = check_expiry(expiry, entry, &ledgers[*slot]) {
+                    return fail(&trace, step, problem);
+                }
+                counts.expired += 1;
+                ledgers[*slot].push(entry.expect("checked").clone());
+            }
             trace.push(format!(
                 "  step {step} (batch {batch_number}): {} {:?} {:?} -> {}",
                 request.key,
@@ -670,6 +953,8 @@ async fn run_seed(backend: Backend, seed: u64) -> Result<Counts, String> {
 #[derive(Debug, Default)]
 struct Counts {
     accepted: u64,
+    /// EXPIRE entries written before the requests that came upon them.
+    expired: u64,
     replayed: u64,
     unchanged: u64,
     rejected: HashMap<&'static str, u64>,
@@ -700,6 +985,7 @@ impl Counts {
 
     fn add(&mut self, other: Counts) {
         self.accepted += other.accepted;
+        self.expired += other.expired;
         self.replayed += other.replayed;
         self.unchanged += other.unchanged;
         for (code, count) in other.rejected {
@@ -725,9 +1011,10 @@ async fn model_agrees_with_store(backend: Backend) {
     }
     let operations = seeds.len() * OPERATIONS_PER_SEED;
     println!(
-        "{operations} operations over {} seeds: {} accepted, {} replayed, {} unchanged, refused {:?}",
+        "{operations} operations over {} seeds: {} accepted, {} expired, {} replayed, {} unchanged, refused {:?}",
         seeds.len(),
         total.accepted,
+        total.expired,
         total.replayed,
         total.unchanged,
         total.rejected
@@ -736,15 +1023,19 @@ async fn model_agrees_with_store(backend: Backend) {
     // A run that never replays, reuses a key or refuses would prove little.
     if seeds.len() == SEEDS as usize {
         assert!(total.replayed > 0 && total.unchanged > 0, "{total:?}");
+        assert!(total.expired > 0, "no hold expired: {total:?}");
         for code in [
             "ENROLLMENT_NOT_FOUND",
             "ENROLLMENT_EXISTS",
             "IDEMPOTENCY_KEY_REUSED",
             "ENROLLMENT_CANCELLED",
             "CURRENCY_MISMATCH",
+            "HOLD_NOT_FOUND",
+            "HOLD_NOT_OPEN",
             "NOTHING_DUE",
             "OVERPAYMENT",
             "CREDIT_EXCEEDS_DUE",
+            "CAPTURE_EXCEEDS_HOLD",
             "REFUND_EXCEEDS_PAID",
             "INVALID_TRANSITION",
         ] {

@@ -298,6 +298,9 @@ async fn openapi_describes_the_api(backend: Backend) {
         "/v1/users/{user_id}/courses/{course_id}/complete",
         "/v1/users/{user_id}/courses/{course_id}/cancel",
         "/v1/users/{user_id}/courses/{course_id}/ledger",
+        "/v1/users/{user_id}/courses/{course_id}/holds",
+        "/v1/users/{user_id}/courses/{course_id}/holds/{hold_seq}/capture",
+        "/v1/users/{user_id}/courses/{course_id}/holds/{hold_seq}/void",
         "/v1/audit",
         "/healthz",
     ] {
@@ -307,4 +310,11 @@ async fn openapi_describes_the_api(backend: Backend) {
         paths["/v1/users/{user_id}/courses/{course_id}/payments"]["post"].is_object(),
         "payments are documented as a POST"
     );
+    let capture = &paths["/v1/users/{user_id}/courses/{course_id}/holds/{hold_seq}/capture"];
+    for status in ["201", "400", "404", "409", "422", "503"] {
+        assert!(
+            capture["post"]["responses"][status].is_object(),
+            "the capture documents {status}"
+        );
+    }
 }

@@ -227,6 +227,28 @@ fn cases() -> Vec<Case> {
             .answers(S::CONFLICT, "INVALID_TRANSITION"),
         Case::post("cancel after a payment", "/cancel", "")
             .answers(S::CONFLICT, "INVALID_TRANSITION"),
+        // Holds.
+        Case::post("hold with amount and remaining", "/holds", r#"{"amount":10,"remaining":true}"#),
+        Case::post("hold with neither amount nor remaining", "/holds", "{}"),
+        Case::post("hold with remaining false", "/holds", r#"{"remaining":false}"#),
+        Case::post("hold expiring in 29 s", "/holds", r#"{"amount":10,"expires_in":29}"#),
+        Case::post("hold expiring after a day", "/holds", r#"{"amount":10,"expires_in":86401}"#),
+        Case::post("hold with a fractional expiry", "/holds", r#"{"amount":10,"expires_in":60.5}"#),
+        Case::post("hold with a string expiry", "/holds", r#"{"amount":10,"expires_in":"60"}"#),
+        Case::post("hold with a fractional amount", "/holds", r#"{"amount":10.5}"#),
+        Case::post("hold without a key", "/holds", r#"{"amount":10}"#).key(Key::Missing),
+        Case::post("capture of hold abc", "/holds/abc/capture", "{}"),
+        Case::post("capture of hold 0", "/holds/0/capture", "{}"),
+        Case::post("capture with an unknown field", "/holds/2/capture", r#"{"amount":1,"all":true}"#),
+        Case::post("void with a field", "/holds/2/void", r#"{"amount":1}"#),
+        Case::post("hold beyond the available", "/holds", r#"{"amount":8001}"#)
+            .answers(S::UNPROCESSABLE_ENTITY, "OVERPAYMENT"),
+        Case::post("capture of a hold that does not exist", "/holds/2/capture", "{}")
+            .answers(S::NOT_FOUND, "HOLD_NOT_FOUND"),
+        Case::post("void of a hold that does not exist", "/holds/99/void", "")
+            .answers(S::NOT_FOUND, "HOLD_NOT_FOUND"),
+        Case::get("holds of a missing enrollment", "/v1/users/u1/courses/c404/holds")
+            .answers(S::NOT_FOUND, "ENROLLMENT_NOT_FOUND"),
         // Ledger paging.
         Case::get("ledger limit 0", &format!("{BASE}/ledger?limit=0")),
         Case::get("ledger limit abc", &format!("{BASE}/ledger?limit=abc")),

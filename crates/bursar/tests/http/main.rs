@@ -9,6 +9,7 @@ mod bad_input;
 mod batch;
 mod cli;
 mod crash;
+mod holds;
 mod load_test;
 mod many_servers;
 mod openapi;

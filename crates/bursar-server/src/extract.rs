@@ -108,6 +108,17 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
     }
 }
 
+/// For a field that may be absent but not `null` (`#[serde(default,
+/// deserialize_with = "present")]`): where two fields exclude each other, a
+/// `null` would be neither absent nor a value.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Default and largest page of `GET …/ledger`.
 pub const LEDGER_PAGE_ENTRIES_DEFAULT: u32 = 100;
 

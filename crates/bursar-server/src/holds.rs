@@ -22,9 +22,12 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldBody {
-    /// Minor units to reserve; at most `amount_available`.
+    /// Minor units to reserve; at most `amount_available`. Not null: absent
+    /// or an amount.
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub amount: Option<Amount>,
-    /// `true` reserves all of `amount_available`.
+    /// `true` reserves all of `amount_available`. Not null: absent or `true`.
+    #[serde(default, deserialize_with = "crate::extract::present")]
     pub remaining: Option<bool>,
     /// Seconds until the hold expires: 30 ..= 86,400, default 900.
     #[schema(value_type = Option<u32>, minimum = 30, maximum = 86400)]
@@ -144,7 +147,9 @@ impl<S: Send + Sync> FromRequestParts<S> for HoldPath {
         let hold_seq = hold_seq
             .parse::<u64>()
             .ok()
-            .filter(|seq| hold_seq.bytes().all(|b| b.is_ascii_digit()) && *seq > 0)
+            .filter(|seq| {
+                hold_seq.bytes().all(|b| b.is_ascii_digit()) && (1..=i64::MAX as u64).contains(seq)
+            })
             .ok_or_else(|| {
                 ApiError::invalid("hold_seq must be a positive integer: the seq of a HOLD entry")
             })?;

@@ -93,6 +93,9 @@ fn complete_operations(document: &mut Value) {
                     Some("Idempotency-Key") => {
                         json!({"$ref": "#/components/schemas/IdempotencyKey"})
                     }
+                    Some("hold_seq") => {
+                        json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
+                    }
                     _ => continue,
                 };
                 parameter["schema"] = schema;
@@ -134,20 +137,30 @@ fn complete_operations(document: &mut Value) {
     }
 }
 
-/// Error codes are the closed list of `ERROR_CODES`. Request objects refuse
-/// unknown fields. utoipa states it for structs
-/// (`deny_unknown_fields`) but not for the variants of the access policy,
-/// which is read through a struct of its own.
+/// What utoipa cannot say from the types: error codes are the closed list of
+/// `ERROR_CODES`; the access policy's variants refuse unknown fields (it is
+/// read through a struct of its own); a hold's two ways of naming its amount
+/// exclude each other.
 fn close_request_objects(document: &mut Value) {
     let codes: Vec<&str> = crate::error::ERROR_CODES
         .iter()
         .map(|(code, _, _)| *code)
         .collect();
     document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"] = json!(codes);
-    let policy = &mut document["components"]["schemas"]["AccessPolicy"]["oneOf"];
-    for variant in policy.as_array_mut().into_iter().flatten() {
+    let schemas = &mut document["components"]["schemas"];
+    for variant in schemas["AccessPolicy"]["oneOf"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
         variant["additionalProperties"] = json!(false);
     }
+    // A hold takes exactly one of `amount` and `"remaining": true`, neither
+    // of them null.
+    let hold = &mut schemas["HoldBody"];
+    hold["properties"]["amount"] = json!({"$ref": "#/components/schemas/Amount"});
+    hold["properties"]["remaining"] = json!({"type": "boolean", "enum": [true]});
+    hold["oneOf"] = json!([{"required": ["amount"]}, {"required": ["remaining"]}]);
 }
 
 /// Rewrites utoipa's OpenAPI 3.1 output as OpenAPI 3.0.3 (see the module

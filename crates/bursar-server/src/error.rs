@@ -52,6 +52,36 @@ impl ApiError {
         )
     }
 
+    /// Too many request bodies are being read at once (see
+    /// `bodies::BODY_BYTES_IN_FLIGHT_MAX`): refused before reading this one.
+    pub fn bodies_overloaded() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "too many request bodies are being received at once; retry with the same Idempotency-Key",
+        )
+    }
+
+    /// The request body stopped arriving: nothing was done.
+    pub fn body_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body stopped arriving; nothing was done: send it again",
+        )
+    }
+
+    /// Writes fail for a storage fault (a full disk, a read-only or missing
+    /// database file, an I/O error): 503 with the reason, for `/readyz`.
+    pub fn storage_unavailable(reason: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+            "the storage cannot keep writes now (disk full, read-only, I/O error or database file gone)",
+        )
+        .with_details(json!({"reason": reason}))
+    }
+
     pub fn payload_too_large(limit_bytes: usize) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,8 +126,10 @@ impl ApiError {
         }
     }
 
-    /// Storage faults: unavailability is a 503 the client may retry; anything
-    /// else is logged in full and answered as a 500 that shows no internals.
+    /// Storage errors: an unreachable database (`UNAVAILABLE`) and a storage
+    /// fault (`STORAGE_UNAVAILABLE`) are 503s the client may retry; anything
+    /// else is a bug, logged in full and answered as a 500 that shows no
+    /// internals.
     pub fn from_store(error: &StoreError) -> ApiError {
         match error {
             StoreError::Unavailable(reason) => {
@@ -106,6 +138,15 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
                     "the database is unavailable; retry with the same Idempotency-Key",
+                )
+            }
+            StoreError::Storage(reason) => {
+                tracing::warn!(%reason, "storage fault");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                    "the storage cannot keep writes now (disk full, read-only, I/O error or \
+                     database file gone); nothing was acknowledged: retry with the same Idempotency-Key",
                 )
             }
             StoreError::Internal(reason) | StoreError::Config(reason) => {
@@ -148,5 +189,38 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_faults_are_503_with_retry_after_and_bugs_500() {
+        let cases = [
+            (
+                StoreError::Storage("disk full".into()),
+                503,
+                "STORAGE_UNAVAILABLE",
+            ),
+            (StoreError::Unavailable("down".into()), 503, "UNAVAILABLE"),
+            (StoreError::Internal("bug".into()), 500, "INTERNAL"),
+        ];
+        for (error, status, code) in cases {
+            let api = ApiError::from_store(&error);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{error}");
+            let response = api.into_response();
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                status == 503,
+                "{error}"
+            );
+        }
+        let ready = ApiError::storage_unavailable("the disk is full");
+        assert_eq!(
+            ready.body()["error"]["details"]["reason"],
+            "the disk is full"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use crate::metrics::Metrics;
 use bursar_core::{Outcome, Request, Timestamp};
 use bursar_store::{Store, StoreError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -20,6 +20,13 @@ pub const QUEUE_OPERATIONS_MAX: usize = 262_144;
 /// fsync is shared by thousands of payments, small enough that one commit
 /// stays in the low milliseconds.
 pub const COMMIT_OPERATIONS_MAX: usize = 16_384;
+
+/// While writes fail for a storage fault and no write comes in, the writer
+/// probes the storage this often (see `Store::probe_write`), so that
+/// `/readyz` turns ready again by itself once the cause is gone, even when a
+/// load balancer has stopped sending writes to a server that is not ready.
+/// Once a second costs one small fsync while failing, nothing otherwise.
+pub const STORAGE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -43,6 +50,42 @@ pub struct Writer {
     sender: mpsc::UnboundedSender<Job>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    health: Arc<StorageHealth>,
+}
+
+/// Why writes fail, while a storage fault lasts: set by a batch that fails
+/// with one, cleared by the next batch or probe that succeeds.
+#[derive(Default)]
+struct StorageHealth {
+    failure: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, result: &Result<(), &StoreError>) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                if let Some(reason) = failure.take() {
+                    tracing::info!(%reason, "writes succeed again after a storage fault");
+                }
+            }
+            Err(StoreError::Storage(reason)) => {
+                if failure.is_none() {
+                    tracing::error!(%reason, "writes fail for a storage fault; answering 503 until it is fixed");
+                }
+                *failure = Some(reason.clone());
+            }
+            // An unreachable database is `/readyz`'s ping to report.
+            Err(_) => {}
+        }
+    }
 }
 
 /// The server clock: the one place bursar reads the time for the ledger.
@@ -61,12 +104,20 @@ impl Writer {
     pub fn start(store: Store, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUE_OPERATIONS_MAX));
-        let task = tokio::spawn(run(store, receiver, metrics.clone(), permits.clone()));
+        let health = Arc::new(StorageHealth::default());
+        let task = tokio::spawn(run(
+            store,
+            receiver,
+            metrics.clone(),
+            permits.clone(),
+            health.clone(),
+        ));
         (
             Writer {
                 sender,
                 permits,
                 metrics,
+                health,
             },
             task,
         )
@@ -99,6 +150,12 @@ impl Writer {
         }
     }
 
+    /// Why writes fail now, while a storage fault lasts; `None` when the
+    /// last batch (or probe) succeeded.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
     /// Operations waiting now.
     pub fn queue_depth(&self) -> usize {
         QUEUE_OPERATIONS_MAX - self.permits.available_permits()
@@ -110,8 +167,21 @@ async fn run(
     mut receiver: mpsc::UnboundedReceiver<Job>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    health: Arc<StorageHealth>,
 ) {
-    while let Some(first) = receiver.recv().await {
+    loop {
+        let next = if health.failure().is_some() {
+            match tokio::time::timeout(STORAGE_PROBE_INTERVAL, receiver.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    health.record(&store.probe_write().await.as_ref().map(|_| ()));
+                    continue;
+                }
+            }
+        } else {
+            receiver.recv().await
+        };
+        let Some(first) = next else { break };
         let mut operations = first.requests.len();
         let mut jobs = vec![first];
         while operations < COMMIT_OPERATIONS_MAX {
@@ -133,6 +203,7 @@ async fn run(
         let started = Instant::now();
         let result = store.execute(requests, now()).await;
         metrics.observe_commit(operations, started.elapsed());
+        health.record(&result.as_ref().map(|_| ()));
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
@@ -144,7 +215,7 @@ async fn run(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, operations, "batch failed; nothing in it was committed");
+                tracing::warn!(%error, operations, "batch failed; nothing in it was acknowledged");
                 for job in jobs {
                     let _ = job.reply.send(Err(error.clone()));
                 }

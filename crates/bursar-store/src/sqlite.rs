@@ -434,6 +434,7 @@ impl SqliteStore {
         blocking(move || {
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             inner.refuse_if_lost()?;
+            inner.confirm_identity()?;
             checkpoint_truncate(&writer)?;
             let transaction = writer
                 .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -9,6 +9,8 @@ mod bad_input;
 mod batch;
 mod cli;
 mod crash;
+mod disk_faults;
+mod hostile;
 mod load_test;
 mod many_servers;
 mod operations;

@@ -53,7 +53,7 @@ async fn start(dir: &std::path::Path, fd_limit: Option<u32>, body_read_seconds: 
             command
         }
     };
-    command.args(&args).env("BURSAR_ADMIN_TOKEN", ADMIN_TOKEN);
+    command.args(args).env("BURSAR_ADMIN_TOKEN", ADMIN_TOKEN);
     Serve::start_command(command, &dir.join("serve.log")).await
 }
 

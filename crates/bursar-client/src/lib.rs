@@ -891,6 +891,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A storage fault (a full disk, a removed database file) committed
+        // nothing: retried with the same key, like any 503.
+        let storage = br#"{"error":{"code":"STORAGE_UNAVAILABLE","message":"disk full"}}"#;
+        match classify(503, false, Some(Duration::from_secs(1)), storage, parse) {
+            Attempt::Retry {
+                reason: RetryReason::Unavailable { status, code },
+                retry_after,
+            } => {
+                assert_eq!((status, code.as_str()), (503, "STORAGE_UNAVAILABLE"));
+                assert_eq!(retry_after, Some(Duration::from_secs(1)));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             classify(502, false, None, b"<html>", parse),
             Attempt::Retry { .. }

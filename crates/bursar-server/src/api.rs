@@ -433,10 +433,15 @@ pub async fn healthz() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers.
+/// Readiness: writes are not failing for a storage fault (else 503
+/// `STORAGE_UNAVAILABLE` with the reason in `details.reason`), and the
+/// database answers.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if let Some(reason) = state.writer.storage_failure() {
+        return Err(ApiError::storage_unavailable(&reason));
+    }
     state.store.ping().await?;
     Ok(json_response(
         StatusCode::OK,

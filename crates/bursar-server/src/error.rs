@@ -20,6 +20,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("HOLD_NOT_FOUND", 404, "the `hold_seq` names no hold of this enrollment"),
     ("NOT_FOUND", 404, "no such route"),
     ("METHOD_NOT_ALLOWED", 405, "the route exists, the method does not"),
+    ("REQUEST_TIMEOUT", 408, "the body stopped arriving for longer than the body-read timeout; nothing was done and the connection is closed"),
     ("ENROLLMENT_EXISTS", 409, "enrolling again with other terms (currency, price, access policy)"),
     ("IDEMPOTENCY_KEY_REUSED", 409, "the key was used for a different operation or body on this enrollment"),
     ("NOTHING_DUE", 409, "`pay-remaining`, or a hold of the remaining balance, when nothing is available"),
@@ -36,6 +37,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("INTERNAL", 500, "a bug; it is logged. Never the answer to bad input"),
     ("OVERLOADED", 503, "the write queue is full; retry after `Retry-After` with the same key"),
     ("UNAVAILABLE", 503, "the database cannot be reached, or the server is shutting down; retry with the same key"),
+    ("STORAGE_UNAVAILABLE", 503, "the disk is full, read-only or failing, or the database file was removed or replaced; nothing was acknowledged, `/readyz` is not ready, retry with the same key"),
     ("TIMEOUT", 503, "the request took longer than its limit; its outcome is unknown until retried with the same key"),
 ];
 
@@ -82,6 +84,36 @@ impl ApiError {
             "UNAVAILABLE",
             "the server is shutting down; retry with the same Idempotency-Key",
         )
+    }
+
+    /// Too many request bodies are being read at once (see
+    /// `bodies::BODY_BYTES_IN_FLIGHT_MAX`): refused before reading this one.
+    pub fn bodies_overloaded() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "too many request bodies are being received at once; retry with the same Idempotency-Key",
+        )
+    }
+
+    /// The request body stopped arriving: nothing was done.
+    pub fn body_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body stopped arriving; nothing was done: send it again",
+        )
+    }
+
+    /// Writes fail for a storage fault (a full disk, a read-only or missing
+    /// database file, an I/O error): 503 with the reason, for `/readyz`.
+    pub fn storage_unavailable(reason: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+            "the storage cannot keep writes now (disk full, read-only, I/O error or database file gone)",
+        )
+        .with_details(json!({"reason": reason}))
     }
 
     pub fn payload_too_large(limit_bytes: usize) -> ApiError {
@@ -149,8 +181,10 @@ impl ApiError {
         }
     }
 
-    /// Storage faults: unavailability is a 503 the client may retry; anything
-    /// else is logged in full and answered as a 500 that shows no internals.
+    /// Storage errors: an unreachable database (`UNAVAILABLE`) and a storage
+    /// fault (`STORAGE_UNAVAILABLE`) are 503s the client may retry; anything
+    /// else is a bug, logged in full and answered as a 500 that shows no
+    /// internals.
     pub fn from_store(error: &StoreError) -> ApiError {
         match error {
             StoreError::Unavailable(reason) => {
@@ -159,6 +193,15 @@ impl ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
                     "the database is unavailable; retry with the same Idempotency-Key",
+                )
+            }
+            StoreError::Storage(reason) => {
+                tracing::warn!(%reason, "storage fault");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                    "the storage cannot keep writes now (disk full, read-only, I/O error or \
+                     database file gone); nothing was acknowledged: retry with the same Idempotency-Key",
                 )
             }
             StoreError::Internal(reason) | StoreError::Config(reason) => {
@@ -300,5 +343,33 @@ mod tests {
         let count = codes.len();
         codes.dedup();
         assert_eq!(codes.len(), count);
+    }
+
+    #[test]
+    fn storage_faults_are_503_with_retry_after_and_bugs_500() {
+        let cases = [
+            (
+                StoreError::Storage("disk full".into()),
+                503,
+                "STORAGE_UNAVAILABLE",
+            ),
+            (StoreError::Unavailable("down".into()), 503, "UNAVAILABLE"),
+            (StoreError::Internal("bug".into()), 500, "INTERNAL"),
+        ];
+        for (error, status, code) in cases {
+            let api = ApiError::from_store(&error);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{error}");
+            let response = api.into_response();
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                status == 503,
+                "{error}"
+            );
+        }
+        let ready = ApiError::storage_unavailable("the disk is full");
+        assert_eq!(
+            ready.body()["error"]["details"]["reason"],
+            "the disk is full"
+        );
     }
 }

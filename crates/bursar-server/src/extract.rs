@@ -2,8 +2,8 @@
 //! with a code (never axum's plain-text rejections): enrollment paths,
 //! idempotency keys, JSON bodies, ledger paging.
 
+use crate::bodies::read_body;
 use crate::error::ApiError;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
 use bursar_core::{CourseId, EnrollmentKey, IdempotencyKey, UserId};
@@ -87,20 +87,14 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large(LIMIT)
-                } else {
-                    ApiError::invalid(format!("cannot read the body: {}", rejection.body_text()))
-                }
-            })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+    /// The body is read under the body budget (see `bodies`), whose
+    /// reservation is held until the body is parsed.
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        let body = read_body(request, LIMIT).await?;
+        let bytes: &[u8] = if body.bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
-            &bytes
+            &body.bytes
         };
         serde_json::from_slice(bytes)
             .map(JsonBody)

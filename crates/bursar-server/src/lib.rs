@@ -4,6 +4,8 @@
 pub mod api;
 pub mod auth;
 pub mod batch;
+pub mod bodies;
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod holds;
@@ -12,6 +14,8 @@ pub mod openapi;
 pub mod writer;
 
 use crate::auth::Auth;
+use crate::bodies::BodyBudget;
+use crate::connections::ConnectionOptions;
 use crate::error::ApiError;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::metrics::Metrics;
@@ -47,6 +51,8 @@ pub struct Services {
     pub writer: Writer,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// Request-body bytes that may be received at once.
+    pub bodies: BodyBudget,
 }
 
 impl std::ops::Deref for AppState {
@@ -63,6 +69,8 @@ pub struct App {
     writer_task: tokio::task::JoinHandle<()>,
     /// The admin token created on this start, if there was none: print once.
     pub created_admin_token: Option<String>,
+    /// Timeouts and the cap of the connections `serve` accepts.
+    pub connections: ConnectionOptions,
 }
 
 impl App {
@@ -78,10 +86,18 @@ impl App {
                 writer,
                 auth,
                 metrics,
+                bodies: BodyBudget::default(),
             })),
             writer_task,
             created_admin_token,
+            connections: ConnectionOptions::default(),
         })
+    }
+
+    /// The same service with these connection timeouts and cap.
+    pub fn with_connections(mut self, connections: ConnectionOptions) -> App {
+        self.connections = connections;
+        self
     }
 
     pub fn router(&self) -> Router {
@@ -89,16 +105,15 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then stops taking connections,
-    /// finishes the requests in flight, and drains the write queue.
+    /// finishes the requests in flight, and drains the write queue. See
+    /// `connections` for the limits on connections.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        connections::serve(listener, router, self.connections, shutdown).await?;
         // The last handles go with the router and the state; the writer then
         // finishes its queue and stops.
         drop(self.state);
@@ -182,6 +197,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(axum::Extension(state.bodies.clone()))
         .with_state(state)
 }
 

@@ -127,6 +127,10 @@ fn complete_operations(document: &mut Value) {
                 add("403", "FORBIDDEN: the token's role may not do this");
             }
             if has_body {
+                add(
+                    "408",
+                    "REQUEST_TIMEOUT: the body stopped arriving; nothing was done",
+                );
                 add("413", "PAYLOAD_TOO_LARGE: the body is over its limit");
             }
             add(

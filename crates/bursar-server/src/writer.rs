@@ -7,7 +7,7 @@
 use crate::metrics::Metrics;
 use bursar_core::{Command, Outcome, Request, Timestamp};
 use bursar_store::{Store, StoreError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -28,6 +28,13 @@ pub const COMMIT_OPERATIONS_MAX: usize = 16_384;
 /// most about half a second plus one commit, and one lookup on the index of
 /// open holds costs next to nothing when none is open.
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// While writes fail for a storage fault, the writer probes the storage on
+/// every tick of the expiry sweep instead of sweeping (see
+/// `Store::probe_write`), so that `/readyz` turns ready again by itself once
+/// the cause is gone, even when a load balancer has stopped sending writes
+/// to a server that is not ready. It costs one small fsync a tick while
+/// failing, nothing otherwise.
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -51,6 +58,42 @@ pub struct Writer {
     sender: mpsc::UnboundedSender<Job>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    health: Arc<StorageHealth>,
+}
+
+/// Why writes fail, while a storage fault lasts: set by a batch that fails
+/// with one, cleared by the next batch or probe that succeeds.
+#[derive(Default)]
+struct StorageHealth {
+    failure: Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, result: &Result<(), &StoreError>) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                if let Some(reason) = failure.take() {
+                    tracing::info!(%reason, "writes succeed again after a storage fault");
+                }
+            }
+            Err(StoreError::Storage(reason)) => {
+                if failure.is_none() {
+                    tracing::error!(%reason, "writes fail for a storage fault; answering 503 until it is fixed");
+                }
+                *failure = Some(reason.clone());
+            }
+            // An unreachable database is `/readyz`'s ping to report.
+            Err(_) => {}
+        }
+    }
 }
 
 /// The server clock: the one place bursar reads the time for the ledger.
@@ -69,12 +112,20 @@ impl Writer {
     pub fn start(store: Store, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUE_OPERATIONS_MAX));
-        let task = tokio::spawn(run(store, receiver, metrics.clone(), permits.clone()));
+        let health = Arc::new(StorageHealth::default());
+        let task = tokio::spawn(run(
+            store,
+            receiver,
+            metrics.clone(),
+            permits.clone(),
+            health.clone(),
+        ));
         (
             Writer {
                 sender,
                 permits,
                 metrics,
+                health,
             },
             task,
         )
@@ -107,6 +158,12 @@ impl Writer {
         }
     }
 
+    /// Why writes fail now, while a storage fault lasts; `None` when the
+    /// last batch (or probe) succeeded.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
     /// Operations waiting now.
     pub fn queue_depth(&self) -> usize {
         QUEUE_OPERATIONS_MAX - self.permits.available_permits()
@@ -118,6 +175,7 @@ async fn run(
     mut receiver: mpsc::UnboundedReceiver<Job>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
+    health: Arc<StorageHealth>,
 ) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -128,10 +186,16 @@ async fn run(
                 Some(job) => (Some(job), Vec::new()),
                 None => break,
             },
-            _ = sweep.tick() => match expiry_requests(&store).await {
-                requests if requests.is_empty() => continue,
-                requests => (None, requests),
-            },
+            _ = sweep.tick() => {
+                if health.failure().is_some() {
+                    health.record(&store.probe_write().await.as_ref().map(|_| ()));
+                    continue;
+                }
+                match expiry_requests(&store).await {
+                    requests if requests.is_empty() => continue,
+                    requests => (None, requests),
+                }
+            }
         };
         let mut operations = first.as_ref().map_or(0, |job| job.requests.len());
         let mut jobs: Vec<Job> = first.into_iter().collect();
@@ -156,6 +220,7 @@ async fn run(
         let started = Instant::now();
         let result = store.execute(requests, now()).await;
         metrics.observe_commit(operations + swept, started.elapsed());
+        health.record(&result.as_ref().map(|_| ()));
         match result {
             Ok(outcomes) => {
                 // The sweep's own outcomes answer no one.
@@ -168,7 +233,7 @@ async fn run(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, operations, swept, "batch failed; nothing in it was committed");
+                tracing::warn!(%error, operations, swept, "batch failed; nothing in it was acknowledged");
                 for job in jobs {
                     let _ = job.reply.send(Err(error.clone()));
                 }

@@ -27,13 +27,21 @@ pub const USER_ENROLLMENTS_MAX: usize = 1000;
 pub const LEDGER_PAGE_ENTRIES_MAX: u32 = 1000;
 
 /// A storage failure. None of these is the caller's fault: the server answers
-/// `Unavailable` with 503 and `Retry-After`, and `Internal` with a logged 500.
+/// `Unavailable` and `Storage` with 503 and `Retry-After`, and `Internal`
+/// with a logged 500.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is busy; retrying later may work.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// Anything else: a bug, corruption, a full disk.
+    /// The storage under the database refused to keep a write: the disk is
+    /// full, the file or file system is read-only, permission is denied, an
+    /// I/O error, or the database file was removed or replaced under the
+    /// server. Nothing of the failed batch was acknowledged; retrying with the
+    /// same idempotency key is safe, and works once the cause is fixed.
+    #[error("storage fault: {0}")]
+    Storage(String),
+    /// Anything else: a bug or corruption.
     #[error("storage failure: {0}")]
     Internal(String),
     /// The database URL or options are wrong (a start-up error).
@@ -206,6 +214,17 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(store) => store.ping().await,
+            Store::Postgres(store) => store.ping().await,
+        }
+    }
+
+    /// Whether writes can succeed again after a storage fault: on SQLite,
+    /// the file at the configured path is still the one written to, the WAL
+    /// is checkpointed and truncated (so space it held is free again), and a
+    /// small committed write succeeds; on PostgreSQL, the database answers.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.probe_write().await,
             Store::Postgres(store) => store.ping().await,
         }
     }

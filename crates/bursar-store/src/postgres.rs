@@ -607,31 +607,58 @@ fn is_unavailable(state: &SqlState) -> bool {
         || *state == SqlState::TOO_MANY_CONNECTIONS
 }
 
+/// The SQLSTATEs of storage that refuses a write: insufficient resources
+/// (`53…`: disk full, out of memory, a configured limit), system and I/O
+/// errors (`58…`), a read-only transaction (`25006`: a standby, or a
+/// database set read-only) and a permission denied (`42501`). Nothing was
+/// committed; the batch fails at once, as a `Storage` fault (503).
+fn is_storage_fault(state: &SqlState) -> bool {
+    let code = state.code();
+    code.starts_with("53")
+        || code.starts_with("58")
+        || *state == SqlState::READ_ONLY_SQL_TRANSACTION
+        || *state == SqlState::INSUFFICIENT_PRIVILEGE
+}
+
+/// What a database error with this SQLSTATE and message means for a batch.
+fn classify_state(state: &SqlState, message: String) -> Failure {
+    if is_conflict(state) {
+        return Failure {
+            error: StoreError::Unavailable(format!(
+                "conflicting transactions kept the batch from committing: {message}"
+            )),
+            transient: true,
+        };
+    }
+    if is_unavailable(state) {
+        return Failure {
+            error: StoreError::Unavailable(message),
+            transient: true,
+        };
+    }
+    if is_storage_fault(state) {
+        return Failure {
+            error: StoreError::Storage(message),
+            transient: false,
+        };
+    }
+    Failure {
+        error: StoreError::Internal(message),
+        transient: false,
+    }
+}
+
 fn classify(error: &tokio_postgres::Error) -> Failure {
     if let Some(database_error) = error.as_db_error() {
         let state = database_error.code();
-        if is_conflict(state) {
-            return Failure {
-                error: StoreError::Unavailable(format!(
-                    "conflicting transactions kept the batch from committing: {database_error}"
-                )),
-                transient: true,
-            };
-        }
-        if is_unavailable(state) {
-            return Failure {
-                error: StoreError::Unavailable(database_error.to_string()),
-                transient: true,
-            };
-        }
         let mut message = database_error.to_string();
-        if let Some(detail) = database_error.detail() {
+        if !is_conflict(state)
+            && !is_unavailable(state)
+            && let Some(detail) = database_error.detail()
+        {
             message.push_str(&format!(" ({detail})"));
         }
-        return Failure {
-            error: StoreError::Internal(message),
-            transient: false,
-        };
+        return classify_state(state, message);
     }
     // Without a SQLSTATE the failure is the connection's: closed, reset, timed
     // out or refused.
@@ -1673,6 +1700,47 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_faults_are_storage_errors_and_conflicts_are_retried() {
+        let storage = [
+            SqlState::DISK_FULL,
+            SqlState::INSUFFICIENT_RESOURCES,
+            SqlState::OUT_OF_MEMORY,
+            SqlState::IO_ERROR,
+            SqlState::SYSTEM_ERROR,
+            SqlState::UNDEFINED_FILE,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ];
+        for state in storage {
+            let failure = classify_state(&state, "m".into());
+            assert!(
+                matches!(failure.error, StoreError::Storage(_)) && !failure.transient,
+                "{state:?}"
+            );
+        }
+        for state in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ] {
+            let failure = classify_state(&state, "m".into());
+            assert!(failure.transient, "{state:?}");
+            assert!(matches!(failure.error, StoreError::Unavailable(_)));
+        }
+        for state in [SqlState::ADMIN_SHUTDOWN, SqlState::TOO_MANY_CONNECTIONS] {
+            assert!(matches!(
+                classify_state(&state, "m".into()).error,
+                StoreError::Unavailable(_)
+            ));
+        }
+        for state in [SqlState::DATA_CORRUPTED, SqlState::SYNTAX_ERROR] {
+            assert!(matches!(
+                classify_state(&state, "m".into()).error,
+                StoreError::Internal(_)
+            ));
+        }
+    }
 
     #[test]
     fn passwords_never_show() {

@@ -14,7 +14,9 @@ use bursar_core::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -84,6 +86,96 @@ struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// The device and inode of the database file when it was opened: the
+    /// file every batch is written to.
+    identity: FileIdentity,
+    /// Why writes stopped, once the file at the path is no longer the one
+    /// written to (removed, or replaced by another file). While set, no batch
+    /// runs: it would commit into a file nobody will ever read again.
+    lost: Mutex<Option<String>>,
+    /// A batch failed with a storage fault and no batch has succeeded since:
+    /// the next success checkpoints and truncates the WAL.
+    faulted: AtomicBool,
+}
+
+/// A file's device and inode: what names one file whatever its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        let metadata = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        })
+    }
+}
+
+impl Inner {
+    /// One `stat` of the configured path: `Err` with the reason when the file
+    /// there is not the one this store opened.
+    fn check_identity(&self) -> Result<(), String> {
+        let path = self.options.path.display();
+        match FileIdentity::of(&self.options.path) {
+            Ok(identity) if identity == self.identity => Ok(()),
+            Ok(_) => Err(format!(
+                "the database file {path} was replaced by another file; writes stopped so \
+                 that nothing is acknowledged into the old one: put the file back or restart bursar"
+            )),
+            Err(error) => Err(format!(
+                "the database file {path} is gone ({error}); writes stopped so that nothing is \
+                 acknowledged into a deleted file: restore it and restart bursar"
+            )),
+        }
+    }
+
+    /// Refuses when the file is known lost, unless it is back (moved back
+    /// to its path): then writes resume.
+    fn refuse_if_lost(&self) -> Result<(), StoreError> {
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        if lost.is_none() {
+            return Ok(());
+        }
+        match self.check_identity() {
+            Ok(()) => {
+                tracing::warn!(path = %self.options.path.display(), "the database file is back; writes resume");
+                *lost = None;
+                Ok(())
+            }
+            Err(reason) => {
+                *lost = Some(reason.clone());
+                Err(StoreError::Storage(reason))
+            }
+        }
+    }
+
+    /// After a commit: confirms the batch went into the file at the path.
+    /// If not, the batch must not be acknowledged, and no later one runs.
+    fn confirm_identity(&self) -> Result<(), StoreError> {
+        self.check_identity().map_err(|reason| {
+            tracing::error!(%reason, "the database file is not the one written to");
+            *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+            StoreError::Storage(reason)
+        })
+    }
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`: copies the WAL into the database and
+/// truncates it to zero bytes, so the space a failed or finished burst of
+/// writes held in the WAL is free again.
+fn checkpoint_truncate(connection: &Connection) -> Result<(), StoreError> {
+    let busy: i64 = connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+        .map_err(map_error)?;
+    if busy != 0 {
+        // A reader still needs the old frames; the next checkpoint frees them.
+        tracing::debug!("the WAL checkpoint was blocked by a reader");
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -168,17 +260,26 @@ CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
 "#,
 ];
 
+/// Sorts SQLite's errors: another process holding the lock is
+/// `Unavailable`; the medium refusing a write (full, read-only, permission,
+/// I/O, a file that cannot be opened) is a `Storage` fault; the rest
+/// (constraint violations, corruption, misuse) are `Internal`: bugs.
 pub(crate) fn map_error(error: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
-    match &error {
-        rusqlite::Error::SqliteFailure(failure, _)
-            if matches!(
-                failure.code,
-                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen
-            ) =>
-        {
+    let rusqlite::Error::SqliteFailure(failure, _) = &error else {
+        return StoreError::Internal(error.to_string());
+    };
+    match failure.code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
             StoreError::Unavailable(error.to_string())
         }
+        ErrorCode::DiskFull
+        | ErrorCode::ReadOnly
+        | ErrorCode::SystemIoFailure
+        | ErrorCode::PermissionDenied
+        | ErrorCode::CannotOpen
+        | ErrorCode::FileLockingProtocolFailed
+        | ErrorCode::NoLargeFileSupport => StoreError::Storage(error.to_string()),
         _ => StoreError::Internal(error.to_string()),
     }
 }
@@ -202,7 +303,7 @@ fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, 
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let connection = Connection::open_with_flags(&options.path, flags).map_err(|error| {
-        StoreError::Unavailable(format!("cannot open {}: {error}", options.path.display()))
+        StoreError::Storage(format!("cannot open {}: {error}", options.path.display()))
     })?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(map_error)?;
     let cache_kib = if create {
@@ -261,11 +362,17 @@ impl SqliteStore {
         blocking(move || {
             let mut writer = open_connection(&options, true)?;
             migrate(&mut writer)?;
+            let identity = FileIdentity::of(&options.path).map_err(|error| {
+                StoreError::Storage(format!("cannot stat {}: {error}", options.path.display()))
+            })?;
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
                     options,
                     writer: Mutex::new(writer),
                     readers: Mutex::new(Vec::new()),
+                    identity,
+                    lost: Mutex::new(None),
+                    faulted: AtomicBool::new(false),
                 }),
             })
         })
@@ -312,7 +419,60 @@ impl SqliteStore {
             // A panic during an earlier batch dropped (and so rolled back) its
             // transaction: the connection is safe to use again.
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            execute_batch(&mut writer, &requests, now)
+            inner.refuse_if_lost()?;
+            match execute_batch(&mut writer, &requests, now) {
+                Ok(outcomes) => {
+                    // One `stat` per batch, after the commit and before any
+                    // answer: a batch committed into a removed or replaced
+                    // file is not acknowledged.
+                    inner.confirm_identity()?;
+                    if inner.faulted.swap(false, Ordering::Relaxed) {
+                        tracing::info!("writes succeed again after a storage fault");
+                        if let Err(error) = checkpoint_truncate(&writer) {
+                            tracing::warn!(%error, "cannot checkpoint the WAL after recovering");
+                        }
+                    }
+                    Ok(outcomes)
+                }
+                Err(error @ StoreError::Storage(_)) => {
+                    inner.faulted.store(true, Ordering::Relaxed);
+                    // Frees what the WAL holds, if the database file can take
+                    // it; on a full disk this fails too, and the probe
+                    // tries again.
+                    if let Err(error) = checkpoint_truncate(&writer) {
+                        tracing::debug!(%error, "cannot checkpoint the WAL after a storage fault");
+                    }
+                    Err(error)
+                }
+                Err(error) => Err(error),
+            }
+        })
+        .await
+    }
+
+    /// See [`crate::Store::probe_write`]: the file's identity, a truncating
+    /// checkpoint, and one committed write of the schema version (rewritten
+    /// with its own value, so it changes nothing but must reach the disk).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.refuse_if_lost()?;
+            inner.confirm_identity()?;
+            checkpoint_truncate(&writer)?;
+            let transaction = writer
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_error)?;
+            let version: i64 = transaction
+                .query_row("PRAGMA user_version", [], |row| row.get(0))
+                .map_err(map_error)?;
+            transaction
+                .execute_batch(&format!("PRAGMA user_version = {version}"))
+                .map_err(map_error)?;
+            transaction.commit().map_err(map_error)?;
+            inner.confirm_identity()?;
+            inner.faulted.store(false, Ordering::Relaxed);
+            Ok(())
         })
         .await
     }
@@ -963,4 +1123,183 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         audit_one(verifier, stored.as_ref(), stored_holds, &mut report);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bursar_core::{AccessPolicy, Amount, Command, EnrollTerms};
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn the_medium_refusing_a_write_is_a_storage_fault() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_PERM,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_READONLY_DBMOVED,
+        ] {
+            assert!(
+                matches!(map_error(failure(code)), StoreError::Storage(_)),
+                "{code}"
+            );
+        }
+        for code in [ffi::SQLITE_BUSY, ffi::SQLITE_LOCKED] {
+            assert!(
+                matches!(map_error(failure(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_MISUSE,
+        ] {
+            assert!(
+                matches!(map_error(failure(code)), StoreError::Internal(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            map_error(rusqlite::Error::QueryReturnedNoRows),
+            StoreError::Internal(_)
+        ));
+    }
+
+    fn enroll(course: &str) -> Request {
+        Request {
+            key: EnrollmentKey {
+                user_id: UserId::parse("u").expect("user id"),
+                course_id: CourseId::parse(course).expect("course id"),
+            },
+            idempotency_key: None,
+            command: Command::Enroll(EnrollTerms {
+                currency: Currency::parse("USD").expect("currency"),
+                price: Price::new(100).expect("price"),
+                access_policy: AccessPolicy::FullPayment,
+            }),
+        }
+    }
+
+    fn pay(course: &str, key: &str) -> Request {
+        Request {
+            idempotency_key: Some(IdempotencyKey::parse(key).expect("key")),
+            command: Command::Payment {
+                amount: Amount::new(1).expect("amount"),
+                currency: None,
+                reference: None,
+            },
+            ..enroll(course)
+        }
+    }
+
+    async fn open(path: &Path) -> SqliteStore {
+        SqliteStore::open(SqliteOptions {
+            path: path.to_path_buf(),
+            synchronous: Synchronous::Full,
+        })
+        .await
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_batch_into_a_removed_file_is_not_acknowledged_nor_any_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bursar.db");
+        let store = open(&path).await;
+        let now = Timestamp::from_unix_micros(1_700_000_000_000_000);
+        store.execute(vec![enroll("c")], now).await.expect("enroll");
+        store
+            .probe_write()
+            .await
+            .expect("a healthy store probes fine");
+
+        // Moved away: the batch commits into the file the store holds open,
+        // which is no longer at the path; it must not be acknowledged.
+        let moved = dir.path().join("moved.db");
+        std::fs::rename(&path, &moved).expect("move the file away");
+        let error = store
+            .execute(vec![pay("c", "k1")], now)
+            .await
+            .expect_err("a batch into a moved file is refused");
+        assert!(
+            matches!(&error, StoreError::Storage(reason) if reason.contains("is gone")),
+            "{error}"
+        );
+        let error = store
+            .execute(vec![pay("c", "k2")], now)
+            .await
+            .expect_err("every later batch is refused");
+        assert!(matches!(error, StoreError::Storage(_)), "{error}");
+        assert!(matches!(
+            store.probe_write().await,
+            Err(StoreError::Storage(_))
+        ));
+
+        // A different file at the path is refused too.
+        std::fs::write(&path, b"").expect("an empty file at the path");
+        let error = store
+            .execute(vec![pay("c", "k3")], now)
+            .await
+            .expect_err("another file at the path is refused");
+        assert!(
+            matches!(&error, StoreError::Storage(reason) if reason.contains("replaced")),
+            "{error}"
+        );
+
+        // The file moved back: writes resume, and the retry of k1 replays
+        // the payment committed while the file was away.
+        std::fs::rename(&moved, &path).expect("move the file back");
+        store.probe_write().await.expect("the file is back");
+        let outcomes = store
+            .execute(vec![pay("c", "k1"), pay("c", "k2")], now)
+            .await
+            .expect("writes resume");
+        assert!(matches!(&outcomes[0], Outcome::Replayed(_)), "{outcomes:?}");
+        assert!(matches!(&outcomes[1], Outcome::Accepted(_)), "{outcomes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_file_is_a_storage_fault_and_recovers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bursar.db");
+        let store = open(&path).await;
+        let now = Timestamp::from_unix_micros(1_700_000_000_000_000);
+        store.execute(vec![enroll("c")], now).await.expect("enroll");
+        // Tests run as root, which permission bits do not stop; `query_only`
+        // makes the writer refuse writes with SQLITE_READONLY all the same.
+        store
+            .inner
+            .writer
+            .lock()
+            .expect("writer")
+            .execute_batch("PRAGMA query_only = ON")
+            .expect("query_only");
+        let error = store
+            .execute(vec![pay("c", "k1")], now)
+            .await
+            .expect_err("a read-only database refuses");
+        assert!(matches!(error, StoreError::Storage(_)), "{error}");
+        assert!(store.inner.faulted.load(Ordering::Relaxed));
+        store
+            .inner
+            .writer
+            .lock()
+            .expect("writer")
+            .execute_batch("PRAGMA query_only = OFF")
+            .expect("query_only off");
+        store
+            .execute(vec![pay("c", "k1")], now)
+            .await
+            .expect("writes resume");
+        assert!(!store.inner.faulted.load(Ordering::Relaxed));
+    }
 }

@@ -4,13 +4,14 @@
 mod load_test;
 
 use anyhow::{Context, bail};
-use bursar_server::App;
 use bursar_server::auth::{Role, create_token};
+use bursar_server::{App, connections};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// mimalloc, also under SQLite: the write path allocates many small objects
 /// per payment, and glibc's malloc spent a fifth of the writer's time on them.
@@ -39,6 +40,63 @@ struct DatabaseArgs {
     database: String,
 }
 
+/// Timeouts and the cap of client connections (see README, "Limits and
+/// timeouts").
+#[derive(clap::Args)]
+struct ConnectionArgs {
+    /// Seconds a client has to send a request's line and headers (from the
+    /// connection, or from the first byte of a kept-alive connection's next
+    /// request); slower ones are closed.
+    #[arg(long, env = "BURSAR_HEADER_READ_TIMEOUT", value_name = "SECONDS",
+        default_value_t = connections::HEADER_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+    /// Seconds a kept-alive connection may wait silently for its next request.
+    #[arg(long, env = "BURSAR_IDLE_TIMEOUT", value_name = "SECONDS",
+        default_value_t = connections::IDLE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a request body may stall before the request is answered 408.
+    #[arg(long, env = "BURSAR_BODY_READ_TIMEOUT", value_name = "SECONDS",
+        default_value_t = connections::BODY_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout: u64,
+    /// Client connections open at once at most; lowered further to stay
+    /// below the open-file limit.
+    #[arg(long, env = "BURSAR_CONNECTIONS_MAX", value_name = "N",
+        default_value_t = connections::CONNECTIONS_MAX,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    connections_max: usize,
+}
+
+impl ConnectionArgs {
+    fn options(&self) -> connections::ConnectionOptions {
+        connections::ConnectionOptions {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            connections_max: self.connections_max,
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard limit and logs both.
+fn raise_fd_limit() {
+    match connections::raise_fd_limit() {
+        Ok(limits) => tracing::info!(
+            soft_before = limits.soft_before,
+            soft = limits.soft,
+            hard = limits.hard,
+            "open-file limit"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            soft = connections::fd_soft_limit(),
+            "cannot raise the open-file limit"
+        ),
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -59,6 +117,8 @@ enum Commands {
         /// Log lines as text or as JSON objects (to standard error).
         #[arg(long, env = "BURSAR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        #[command(flatten)]
+        connections: ConnectionArgs,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -159,11 +219,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database,
             admin_token,
             log_format,
+            connections,
         } => {
             init_logs(log_format);
+            raise_fd_limit();
             let app = App::open(&database.database, admin_token.as_deref())
                 .await
-                .with_context(|| format!("failed to open {}", redact_url(&database.database)))?;
+                .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
+                .with_connections(connections.options());
             if let Some(token) = &app.created_admin_token {
                 println!("bursar: no API token was configured, so an admin token was created.");
                 println!("bursar: it is shown only this once; keep it safe:");

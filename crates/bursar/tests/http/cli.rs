@@ -20,13 +20,22 @@ const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
 /// The `bursar` binary, with no `BURSAR_*` setting inherited from the
 /// environment the tests run in.
 pub(crate) fn bursar() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bursar"));
+    without_bursar_env(Command::new(env!("CARGO_BIN_EXE_bursar")))
+}
+
+/// `command` with no `BURSAR_*` setting inherited, no standard input, and
+/// killed when dropped.
+pub(crate) fn without_bursar_env(mut command: Command) -> Command {
     for name in [
         "BURSAR_DATABASE_URL",
         "BURSAR_LISTEN",
         "BURSAR_ADMIN_TOKEN",
         "BURSAR_LOG_FORMAT",
         "BURSAR_LOG",
+        "BURSAR_HEADER_READ_TIMEOUT",
+        "BURSAR_IDLE_TIMEOUT",
+        "BURSAR_BODY_READ_TIMEOUT",
+        "BURSAR_CONNECTIONS_MAX",
     ] {
         command.env_remove(name);
     }
@@ -77,21 +86,25 @@ impl Serve {
     /// listening. `admin_token` goes into the child's `BURSAR_ADMIN_TOKEN`;
     /// its log lines go to the file `log`.
     pub(crate) async fn start(database_url: &str, admin_token: Option<&str>, log: &Path) -> Serve {
-        let log_file = std::fs::File::create(log).expect("create the log file");
         let mut command = bursar();
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                database_url,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(log_file);
+        command.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            database_url,
+        ]);
         if let Some(token) = admin_token {
             command.env("BURSAR_ADMIN_TOKEN", token);
         }
+        Serve::start_command(command, log).await
+    }
+
+    /// Starts a prepared `serve` command (any program that ends up exec'ing
+    /// `bursar serve --listen 127.0.0.1:0 …`) and waits until it listens.
+    pub(crate) async fn start_command(mut command: Command, log: &Path) -> Serve {
+        let log_file = std::fs::File::create(log).expect("create the log file");
+        command.stdout(Stdio::piped()).stderr(log_file);
         let mut child = command.spawn().expect("spawn bursar serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut serve = Serve {

@@ -164,7 +164,7 @@ pub struct ErrorDetail {
     pub details: Option<serde_json::Value>,
 }
 
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     let bytes = serde_json::to_vec(body).expect("a response body serializes");
     let mut response = (status, bytes).into_response();
     response.headers_mut().insert(
@@ -483,13 +483,15 @@ impl utoipa::Modify for BearerAuth {
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1")),
     security(("bearer" = [])))]
 pub async fn openapi_json() -> Response {
-    json_response(StatusCode::OK, &ApiDoc::openapi())
+    let mut document = ApiDoc::openapi();
+    document.merge(crate::tokens::TokensDoc::openapi());
+    json_response(StatusCode::OK, &document)
 }
 
 /// The role a route needs: reads need `reader`, writes `writer`, the audit
-/// `admin`.
+/// and the tokens `admin`.
 pub fn role_needed(method: &axum::http::Method, path: &str) -> Role {
-    if path.starts_with("/v1/audit") {
+    if path.starts_with("/v1/audit") || path.starts_with("/v1/tokens") {
         Role::Admin
     } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
         Role::Reader

@@ -99,9 +99,9 @@ fn parse_body<T: DeserializeOwned + IntoCommand>(body: Value) -> Result<Command,
     } else {
         body
     };
-    serde_json::from_value::<T>(body)
+    crate::json_errors::from_value::<T>(body, "body")
         .map(IntoCommand::into_command)
-        .map_err(|error| ApiError::invalid(format!("bad operation body: {error}")))
+        .map_err(ApiError::invalid)
 }
 
 /// Validates one operation exactly as its own route would.

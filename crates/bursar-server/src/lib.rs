@@ -6,7 +6,9 @@ pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod extract;
+pub mod json_errors;
 pub mod metrics;
+pub mod tokens;
 pub mod writer;
 
 use crate::auth::Auth;
@@ -18,7 +20,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use bursar_store::{Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
@@ -59,8 +61,9 @@ impl std::ops::Deref for AppState {
 pub struct App {
     pub state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
-    /// The admin token created on this start, if there was none: print once.
-    pub created_admin_token: Option<String>,
+    /// The admin token created on this start, if there was none: print its
+    /// secret once.
+    pub created_admin_token: Option<auth::NewToken>,
 }
 
 impl App {
@@ -151,6 +154,11 @@ pub fn router(state: AppState) -> Router {
             post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/audit", get(api::audit))
+        .route(
+            "/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/v1/tokens/{id}", delete(tokens::revoke_token))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(api::openapi_json))

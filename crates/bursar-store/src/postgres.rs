@@ -143,7 +143,8 @@ const AUDIT_ENTRIES_PER_PAGE: i32 = 1000;
 /// add another. The columns are those of the SQLite backend, so the two
 /// share every rule; the `CHECK`s are a second line of defence behind the
 /// invariants the core asserts before every write.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE enrollments (
     user_id TEXT NOT NULL,
     course_id TEXT NOT NULL,
@@ -197,7 +198,20 @@ CREATE TABLE api_tokens (
     role TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Token lifecycle: a public id to list and revoke a token by, an optional
+-- expiry, and the time of revocation. Tokens made before get a random id.
+ALTER TABLE api_tokens ADD COLUMN id TEXT;
+ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
+ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
+UPDATE api_tokens
+    SET id = 'tok_' || substr(md5(random()::text || encode(token_hash, 'hex')), 1, 16)
+    WHERE id IS NULL;
+ALTER TABLE api_tokens ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id);
+"#,
+];
 
 /// How the connection is encrypted and whether the server is authenticated,
 /// after libpq's `sslmode`.
@@ -366,6 +380,43 @@ impl PostgresOptions {
             }
         });
         Ok(client)
+    }
+
+    /// Creates the database these options name when it does not exist yet,
+    /// through the server's `postgres` maintenance database (so the user
+    /// needs the `CREATEDB` privilege); for `bursar migrate`. Returns whether
+    /// it created the database. Another process creating it at the same
+    /// moment is fine.
+    pub async fn create_database_if_missing(&self) -> Result<bool, StoreError> {
+        let missing = match self.config.connect(self.tls()?).await {
+            Ok(_) => false,
+            Err(error) if error.code() == Some(&SqlState::INVALID_CATALOG_NAME) => true,
+            Err(error) => return Err(classify(&error).error),
+        };
+        if !missing {
+            return Ok(false);
+        }
+        let name = self
+            .config
+            .get_dbname()
+            .or_else(|| self.config.get_user())
+            .ok_or_else(|| StoreError::Config("the PostgreSQL URL names no database".into()))?
+            .to_owned();
+        let maintenance = self.with_database("postgres").connect().await?;
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match maintenance
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(false),
+            Err(error) => Err(StoreError::Config(format!(
+                "cannot create the database {name:?}: {}",
+                error
+                    .as_db_error()
+                    .map_or_else(|| error.to_string(), ToString::to_string)
+            ))),
+        }
     }
 
     /// The same server, another database.
@@ -892,31 +943,53 @@ impl PostgresStore {
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let client = self.connection().await?;
         let rows = client
-            .query("SELECT token_hash, role FROM api_tokens", &[])
+            .query(
+                &format!("{SELECT_TOKENS_FROM} ORDER BY created_at, id"),
+                &[],
+            )
             .await
             .map_err(read_error)?;
-        rows.iter()
-            .map(|row| {
-                let hash: Vec<u8> = row.try_get(0).map_err(read_error)?;
-                let role: String = row.try_get(1).map_err(read_error)?;
-                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
-                    StoreError::Internal("a stored token hash is not 32 bytes".into())
-                })?;
-                Ok(TokenRecord { token_hash, role })
-            })
-            .collect()
+        rows.iter().map(token_record).collect()
     }
 
-    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let client = self.connection().await?;
         client
             .execute(
-                "INSERT INTO api_tokens (token_hash, role, created_at) VALUES ($1, $2, $3)",
-                &[&&token.token_hash[..], &token.role, &now.unix_micros()],
+                "INSERT INTO api_tokens (id, token_hash, role, created_at, expires_at, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &token.id,
+                    &&token.token_hash[..],
+                    &token.role,
+                    &token.created_at.unix_micros(),
+                    &token.expires_at.map(Timestamp::unix_micros),
+                    &token.revoked_at.map(Timestamp::unix_micros),
+                ],
             )
             .await
             .map_err(read_error)?;
         Ok(())
+    }
+
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.connection().await?;
+        client
+            .execute(
+                "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &now.unix_micros()],
+            )
+            .await
+            .map_err(read_error)?;
+        let row = client
+            .query_opt(&format!("{SELECT_TOKENS_FROM} WHERE id = $1"), &[&id])
+            .await
+            .map_err(read_error)?;
+        row.as_ref().map(token_record).transpose()
     }
 
     /// Whether the database answers, within a few seconds; for `/readyz`.
@@ -956,6 +1029,26 @@ impl PostgresStore {
             self.options.shown()
         )))
     }
+}
+
+const SELECT_TOKENS_FROM: &str =
+    "SELECT id, token_hash, role, created_at, expires_at, revoked_at FROM api_tokens";
+
+fn token_record(row: &Row) -> Result<TokenRecord, StoreError> {
+    let hash: Vec<u8> = row.try_get(1).map_err(read_error)?;
+    let token_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("a stored token hash is not 32 bytes".into()))?;
+    let expires_at: Option<i64> = row.try_get(4).map_err(read_error)?;
+    let revoked_at: Option<i64> = row.try_get(5).map_err(read_error)?;
+    Ok(TokenRecord {
+        id: row.try_get(0).map_err(read_error)?,
+        token_hash,
+        role: row.try_get(2).map_err(read_error)?,
+        created_at: Timestamp::from_unix_micros(row.try_get(3).map_err(read_error)?),
+        expires_at: expires_at.map(Timestamp::from_unix_micros),
+        revoked_at: revoked_at.map(Timestamp::from_unix_micros),
+    })
 }
 
 fn read_error(error: tokio_postgres::Error) -> StoreError {

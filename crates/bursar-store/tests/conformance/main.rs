@@ -6,3 +6,4 @@ mod helpers;
 
 mod model;
 mod store;
+mod tokens;

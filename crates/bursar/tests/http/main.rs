@@ -14,3 +14,4 @@ mod many_servers;
 mod operations;
 mod pg_fault;
 mod scenarios;
+mod tokens;

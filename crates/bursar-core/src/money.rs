@@ -214,6 +214,23 @@ mod tests {
     }
 
     #[test]
+    fn range_messages_name_the_limit() {
+        // The messages spell the limit out with separators; they must
+        // follow the constant.
+        assert_eq!(OPERATION_AMOUNT_MAX, 1_000_000_000_000);
+        assert!(
+            MoneyError::AmountOutOfRange(0)
+                .to_string()
+                .contains("from 1 to 1,000,000,000,000 minor units, got 0")
+        );
+        assert!(
+            MoneyError::PriceOutOfRange(i128::MAX)
+                .to_string()
+                .ends_with("got a number too large for 64 bits")
+        );
+    }
+
+    #[test]
     fn currency_parse() {
         assert!(Currency::parse("USD").is_ok());
         for bad in ["usd", "US", "USDD", "U$D", "", "ÜSD"] {

@@ -1791,6 +1791,37 @@ mod tests {
             .expect("open")
     }
 
+    /// A token made under the first schema gets a random public id when
+    /// the second migration adds ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tokens_made_before_ids_get_one() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let database = crate::testing::PostgresTestDb::create();
+        database.execute(&format!(
+            "CREATE TABLE bursar_schema_migrations (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            );
+            INSERT INTO bursar_schema_migrations (version) VALUES (0), (1);
+            {}
+            INSERT INTO api_tokens (token_hash, role, created_at)
+                VALUES (decode(repeat('ab', 32), 'hex'), 'admin', 7);",
+            MIGRATIONS[0]
+        ));
+        let store = open(database.url()).await;
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert!(
+            tokens[0].id.starts_with("tok_") && tokens[0].id.len() == 20,
+            "{}",
+            tokens[0].id
+        );
+        assert_eq!(tokens[0].token_hash, [0xab; 32]);
+        assert_eq!((tokens[0].expires_at, tokens[0].revoked_at), (None, None));
+    }
+
     /// Three processes starting at once on an empty database: the
     /// migrations run once, and every store works.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -988,3 +988,40 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token made under the first schema gets a random public id when the
+    /// second migration adds ids.
+    #[tokio::test]
+    async fn tokens_made_before_ids_get_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(&format!(
+                    "{} PRAGMA user_version = 1;
+                     INSERT INTO api_tokens (token_hash, role, created_at)
+                         VALUES (randomblob(32), 'admin', 7);",
+                    MIGRATIONS[0]
+                ))
+                .expect("the first schema");
+        }
+        let store = SqliteStore::open(
+            SqliteOptions::parse(path.to_str().expect("UTF-8")).expect("options"),
+        )
+        .await
+        .expect("migrate");
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert!(
+            tokens[0].id.starts_with("tok_") && tokens[0].id.len() == 20,
+            "{}",
+            tokens[0].id
+        );
+        assert_eq!((tokens[0].expires_at, tokens[0].revoked_at), (None, None));
+    }
+}

@@ -1602,6 +1602,40 @@ fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: LoadTestArgs,
+    }
+
+    fn clients_for(arguments: &[&str]) -> u32 {
+        let mut all = vec!["load-test"];
+        all.extend_from_slice(arguments);
+        Wrapper::parse_from(all).args.clients()
+    }
+
+    #[test]
+    fn default_clients_keep_batches_within_half_the_queue() {
+        assert_eq!(clients_for(&[]), CLIENTS_DEFAULT);
+        assert_eq!(clients_for(&["--batch-size", "8192"]), 16);
+        assert_eq!(clients_for(&["--batch-size", "1000"]), 100);
+        assert_eq!(clients_for(&["--batch-size", "2000"]), 65);
+        for batch in [1u32, 2, 100, 1311, 1312, 4096, 8192] {
+            let text = batch.to_string();
+            let clients = clients_for(&["--batch-size", &text]);
+            assert!(
+                u64::from(clients) * u64::from(batch) <= QUEUE_OPERATIONS_MAX as u64 / 2,
+                "{clients} × {batch}"
+            );
+            assert!(clients >= 1);
+        }
+        assert_eq!(
+            clients_for(&["--batch-size", "8192", "--clients", "100"]),
+            100
+        );
+    }
 
     fn plan(enrollments: u32, duplicate_percent: u64) -> Plan {
         Plan {

@@ -324,6 +324,43 @@ async fn malformed_token_requests_are_refused(backend: Backend) {
     assert_eq!(listed["tokens"], json!([]), "nothing was made");
 }
 
+/// `/openapi.json` documents the token routes with every status they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_the_token_routes() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (status, document) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = &document["paths"];
+    for (path, method, statuses) in [
+        ("/v1/tokens", "get", &["200", "401", "403", "503"][..]),
+        (
+            "/v1/tokens",
+            "post",
+            &["201", "400", "401", "403", "413", "503"][..],
+        ),
+        (
+            "/v1/tokens/{id}",
+            "delete",
+            &["200", "401", "403", "404", "503"][..],
+        ),
+    ] {
+        let responses = &paths[path][method]["responses"];
+        for status in statuses {
+            assert!(
+                responses.get(status).is_some(),
+                "{method} {path} does not document {status}: {responses}"
+            );
+        }
+    }
+    let schemas = &document["components"]["schemas"];
+    assert!(schemas["TokenView"]["properties"].get("token").is_none());
+    assert!(
+        schemas["CreatedTokenBody"]["properties"]
+            .get("token")
+            .is_some()
+    );
+}
+
 /// `bursar token create --json`, `list` and `revoke` against the database of
 /// a running server, which follows them on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,7 +55,7 @@ enum LogFormat {
 enum Commands {
     /// Run the HTTP service.
     #[command(after_help = "Environment:\n  \
-        BURSAR_LOG  which log lines to write, as a tracing filter (default `info`; \
+        BURSAR_LOG  which log lines to write, as a tracing filter (default `info,tokio_postgres=warn`; \
         for example `debug` or `info,bursar_server=debug`)")]
     Serve {
         /// The address and port to listen on; port 0 picks a free one. The

@@ -37,9 +37,11 @@
 //! ```
 
 pub mod retry;
+pub mod tokens;
 pub mod types;
 
 pub use retry::{Clock, ManualClock, RetryPolicy, RetryReason, SystemClock};
+pub use tokens::{CreateTokenRequest, CreatedToken, TokenInfo};
 pub use types::*;
 
 use crate::retry::{Attempt, Jitter};

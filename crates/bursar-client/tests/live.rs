@@ -6,9 +6,9 @@ use axum::extract::{Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use bursar_client::{
-    BatchCommand, BatchDetail, BatchOperation, BatchRequest, ChargeRequest, Client, CreditRequest,
-    EnrollRequest, Enrolled, Outcome, PayRemainingRequest, PaymentRequest, RefundRequest,
-    RetryPolicy,
+    BatchCommand, BatchDetail, BatchOperation, BatchRequest, ChargeRequest, Client,
+    CreateTokenRequest, CreditRequest, EnrollRequest, Enrolled, Outcome, PayRemainingRequest,
+    PaymentRequest, RefundRequest, RetryPolicy,
 };
 use bursar_core::{
     Amount, CourseId, Currency, EnrollmentKey, EntryKind, IdempotencyKey, PaymentStatus, Price,
@@ -350,6 +350,51 @@ async fn every_endpoint_answers_typed() {
         (401, "UNAUTHENTICATED".to_owned())
     );
     assert_eq!(client.retry_counts(), Default::default());
+}
+
+/// Tokens through the client: made (the secret once), listed (never a
+/// secret), used, revoked, then refused; an unknown id is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_made_listed_and_revoked() {
+    let (app, _dir) = open_app().await;
+    let base = serve(app).await;
+    let admin = client(&base);
+    let made = admin
+        .create_token(&CreateTokenRequest {
+            role: "reader".to_owned(),
+            expires_in: Some("1h".to_owned()),
+        })
+        .await
+        .succeeded()
+        .expect("made");
+    assert!(made.id.starts_with("tok_") && made.token.starts_with("bursar_"));
+    assert_eq!(made.role, "reader");
+    assert!(made.expires_at.is_some());
+    let listed = admin.tokens().await.succeeded().expect("listed");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, made.id);
+    assert!(!listed[0].revoked);
+
+    let reader = Client::builder(base.as_str())
+        .token(&made.token)
+        .retry_policy(quick_retries())
+        .build()
+        .expect("client");
+    let user = UserId::parse("u1").unwrap();
+    assert!(reader.enrollments(&user).await.is_succeeded());
+    let (status, code) = refused_code(reader.tokens().await);
+    assert_eq!((status, code.as_str()), (403, "FORBIDDEN"));
+
+    let revoked = admin
+        .revoke_token(&made.id)
+        .await
+        .succeeded()
+        .expect("revoked");
+    assert!(revoked.revoked && revoked.revoked_at.is_some());
+    let (status, code) = refused_code(reader.enrollments(&user).await);
+    assert_eq!((status, code.as_str()), (401, "UNAUTHENTICATED"));
+    let (status, code) = refused_code(admin.revoke_token("tok_nothing/here").await);
+    assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

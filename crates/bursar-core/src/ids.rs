@@ -15,8 +15,12 @@ pub const REASON_CHARS_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:@-], not only dots")]
+    #[error("{what} must be 1 to {max} characters of [A-Za-z0-9._:@-]")]
     BadId { what: &'static str, max: usize },
+    #[error(
+        "{what} must not be made only of dots: proxies and clients read \".\" and \"..\" in a path as directories"
+    )]
+    OnlyDots { what: &'static str },
     #[error(
         "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters, without leading or trailing spaces"
     )]
@@ -31,19 +35,18 @@ fn is_id_char(c: char) -> bool {
 
 fn check_id(text: &str, what: &'static str) -> Result<(), IdError> {
     // All allowed characters are ASCII, so the byte length is the char count.
-    // An id of dots alone (`.`, `..`) is a path segment that proxies and
-    // clients normalise away, so no request could ever reach it.
-    if (1..=ID_CHARS_MAX).contains(&text.len())
-        && text.chars().all(is_id_char)
-        && !text.chars().all(|c| c == '.')
-    {
-        Ok(())
-    } else {
-        Err(IdError::BadId {
+    if !(1..=ID_CHARS_MAX).contains(&text.len()) || !text.chars().all(is_id_char) {
+        return Err(IdError::BadId {
             what,
             max: ID_CHARS_MAX,
-        })
+        });
     }
+    // `.` and `..` (and, to keep the rule simple, any run of dots alone)
+    // cannot be reached through paths that proxies and clients normalise.
+    if text.bytes().all(|byte| byte == b'.') {
+        return Err(IdError::OnlyDots { what });
+    }
+    Ok(())
 }
 
 fn check_text(text: &str, what: &'static str, max: usize) -> Result<(), IdError> {
@@ -148,6 +151,21 @@ mod tests {
         assert!(CourseId::parse("..").is_err());
         assert!(CourseId::parse("...").is_err());
         assert!(CourseId::parse(".a.").is_ok());
+    }
+
+    #[test]
+    fn ids_of_dots_alone_are_refused() {
+        for dots in [".", "..", "...", &".".repeat(128)] {
+            assert_eq!(
+                UserId::parse(dots),
+                Err(IdError::OnlyDots { what: "user_id" }),
+                "{dots}"
+            );
+            assert!(CourseId::parse(dots).is_err(), "{dots}");
+        }
+        for fine in [".a", "a.", "a..b", "..a", "v1.2"] {
+            assert!(UserId::parse(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -15,12 +15,28 @@ pub const ENROLLMENT_TOTAL_MAX: i64 = 1_000_000_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    #[error("amount must be an integer between 1 and {OPERATION_AMOUNT_MAX} minor units, got {0}")]
+    #[error(
+        "amount must be an integer from 1 to 1,000,000,000,000 minor units, got {}",
+        shown(*.0)
+    )]
     AmountOutOfRange(i128),
-    #[error("price must be an integer between 0 and {OPERATION_AMOUNT_MAX} minor units, got {0}")]
+    #[error(
+        "price must be an integer from 0 to 1,000,000,000,000 minor units, got {}",
+        shown(*.0)
+    )]
     PriceOutOfRange(i128),
     #[error("currency must be three upper-case letters (ISO 4217), got {0:?}")]
     BadCurrency(String),
+}
+
+/// A refused count of minor units as a message shows it: one too large
+/// for 64 bits is shown as such, not as a 39-digit number.
+fn shown(minor_units: i128) -> String {
+    if i64::try_from(minor_units).is_ok() {
+        minor_units.to_string()
+    } else {
+        "a number too large for 64 bits".to_owned()
+    }
 }
 
 /// An amount moved by one operation: 1 ..= 10^12 minor units.
@@ -47,12 +63,43 @@ impl Serialize for Amount {
     }
 }
 
+/// Reads a count of minor units: a JSON integer only. A fraction, an
+/// exponent (`10.5`, `1e3`, `1.0`), a string or anything else is refused
+/// with a message that names no Rust type.
+struct MinorUnits;
+
+impl<'de> serde::de::Visitor<'de> for MinorUnits {
+    type Value = i128;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an integer number of minor units")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i128, E> {
+        Ok(i128::from(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i128, E> {
+        Ok(i128::from(value))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i128, E> {
+        // An integer too large for 64 bits arrives as a float: say that it
+        // is too large rather than that it is not an integer.
+        if value.is_finite() && value.fract() == 0.0 && value.abs() >= 9.0e18 {
+            return Ok(if value > 0.0 { i128::MAX } else { i128::MIN });
+        }
+        Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+    }
+}
+
+fn minor_units<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+    deserializer.deserialize_any(MinorUnits)
+}
+
 impl<'de> Deserialize<'de> for Amount {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Deserializing through u64 rejects floats (`10.5`, `1e3`), strings and
-        // negative numbers with serde's own precise messages.
-        let value = u64::deserialize(deserializer)?;
-        Amount::new(value as i128).map_err(serde::de::Error::custom)
+        Amount::new(minor_units(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -82,8 +129,7 @@ impl Serialize for Price {
 
 impl<'de> Deserialize<'de> for Price {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = u64::deserialize(deserializer)?;
-        Price::new(value as i128).map_err(serde::de::Error::custom)
+        Price::new(minor_units(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -164,6 +210,23 @@ mod tests {
                 .unwrap()
                 .minor_units(),
             2500
+        );
+    }
+
+    #[test]
+    fn range_messages_name_the_limit() {
+        // The messages spell the limit out with separators; they must
+        // follow the constant.
+        assert_eq!(OPERATION_AMOUNT_MAX, 1_000_000_000_000);
+        assert!(
+            MoneyError::AmountOutOfRange(0)
+                .to_string()
+                .contains("from 1 to 1,000,000,000,000 minor units, got 0")
+        );
+        assert!(
+            MoneyError::PriceOutOfRange(i128::MAX)
+                .to_string()
+                .ends_with("got a number too large for 64 bits")
         );
     }
 

@@ -1,20 +1,35 @@
-//! Bearer-token auth: roles, token generation, and the check every request
-//! but `/healthz` passes. Tokens are stored only as SHA-256 hashes and
-//! compared in constant time.
+//! Bearer-token auth: roles, making tokens, and the check every request
+//! but `/healthz` passes. Tokens are stored only as SHA-256 hashes. Each
+//! process keeps a copy of the table of usable tokens that is never more than
+//! `TOKEN_CACHE_AGE_MAX` old, so a token revoked (or expiring) on any server
+//! of a database is refused by all of them within that time.
 
 use crate::error::ApiError;
 use axum::http::StatusCode;
+use bursar_core::Timestamp;
 use bursar_store::{Store, StoreError, TokenRecord};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// How often an unknown token may trigger a reload of the token table, so a
-/// token created with `bursar token create` works without a restart while a
-/// flood of bad tokens cannot hammer the database.
-const TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// The oldest copy of the token table a request is ever checked against: a
+/// revoked or deleted token stops working on every server within this time,
+/// and a new one starts working within it. Well under the one second the
+/// service promises.
+pub const TOKEN_CACHE_AGE_MAX: Duration = Duration::from_millis(750);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// From this age on, the first request to arrive reloads the table while
+/// the others go on with the copy they have, so under steady traffic no
+/// request waits for a reload and the database sees at most four token
+/// queries a second per process.
+const TOKEN_CACHE_REFRESH_AGE: Duration = Duration::from_millis(250);
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads.
     Reader,
@@ -58,6 +73,18 @@ pub fn generate_token() -> String {
     token
 }
 
+/// A new public token id: `tok_` and 16 hex digits (64 random bits, so ids
+/// never clash in practice; the store's unique index catches it if they do).
+pub fn generate_token_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    let mut id = String::from("tok_");
+    for byte in bytes {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
 /// Equal-time comparison: the time taken does not depend on where the two
 /// differ.
 fn constant_time_eq(left: &[u8; 32], right: &[u8; 32]) -> bool {
@@ -68,100 +95,225 @@ fn constant_time_eq(left: &[u8; 32], right: &[u8; 32]) -> bool {
     difference == 0
 }
 
-pub struct Auth {
-    store: Store,
-    tokens: RwLock<Vec<([u8; 32], Role)>>,
-    configured_admin: Option<[u8; 32]>,
-    last_reload: Mutex<Instant>,
+/// A token just made: its stored record and its secret, which is shown only
+/// this once and stored nowhere.
+pub struct NewToken {
+    pub record: TokenRecord,
+    pub secret: String,
 }
 
-/// Creates a token, stores its hash, and returns the token (shown once).
+/// Makes a token with `role` that expires `lifetime_seconds` after it is
+/// made (if given; see `tokens::parse_lifetime`), and stores its hash.
+pub async fn make_token(
+    store: &Store,
+    role: Role,
+    lifetime_seconds: Option<u64>,
+) -> Result<NewToken, StoreError> {
+    let secret = generate_token();
+    let created_at = crate::writer::now();
+    let record = TokenRecord {
+        id: generate_token_id(),
+        token_hash: hash_token(&secret),
+        role: role.as_str().to_owned(),
+        created_at,
+        expires_at: lifetime_seconds
+            .map(|seconds| crate::tokens::expiry_after(created_at, seconds)),
+        revoked_at: None,
+    };
+    store.insert_token(&record).await?;
+    Ok(NewToken { record, secret })
+}
+
+/// Creates a token that does not expire and returns its secret.
 pub async fn create_token(store: &Store, role: Role) -> Result<String, StoreError> {
-    let token = generate_token();
-    store
-        .insert_token(
-            TokenRecord {
-                token_hash: hash_token(&token),
-                role: role.as_str().to_owned(),
-            },
-            crate::writer::now(),
-        )
-        .await?;
-    Ok(token)
+    Ok(make_token(store, role, None).await?.secret)
+}
+
+/// What the cache keeps of a usable token.
+#[derive(Clone, Copy)]
+struct CachedToken {
+    role: Role,
+    expires_at: Option<Timestamp>,
+}
+
+/// The usable tokens by hash, as the table held them when `loaded_at`
+/// began; `None` marks a copy that must be reloaded before use.
+struct Snapshot {
+    tokens: HashMap<[u8; 32], CachedToken>,
+    loaded_at: Option<Instant>,
+}
+
+impl Snapshot {
+    fn age(&self) -> Duration {
+        self.loaded_at
+            .map_or(Duration::MAX, |loaded_at| loaded_at.elapsed())
+    }
+}
+
+pub struct Auth {
+    store: Store,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Held while the table is reloaded, so one request reloads and the
+    /// others use its result.
+    reloading: tokio::sync::Mutex<()>,
+    /// `BURSAR_ADMIN_TOKEN`: the operator's break-glass token. It is not in
+    /// the table, so it cannot be listed or revoked through the API.
+    configured_admin: Option<[u8; 32]>,
 }
 
 impl Auth {
-    /// Loads the stored tokens. With no admin token configured and none
-    /// stored, creates one and returns it so `serve` can print it once.
+    /// Loads the stored tokens. With no admin token configured and no usable
+    /// token stored, makes an admin token and returns it so `serve` can print
+    /// it once.
     pub async fn load(
         store: Store,
         configured_admin: Option<&str>,
-    ) -> Result<(Auth, Option<String>), StoreError> {
+    ) -> Result<(Auth, Option<NewToken>), StoreError> {
+        let now = crate::writer::now();
         let mut created = None;
-        if configured_admin.is_none() && store.tokens().await?.is_empty() {
-            created = Some(create_token(&store, Role::Admin).await?);
+        if configured_admin.is_none()
+            && !store
+                .tokens()
+                .await?
+                .iter()
+                .any(|token| token.is_usable_at(now))
+        {
+            created = Some(make_token(&store, Role::Admin, None).await?);
         }
         let auth = Auth {
-            store,
-            tokens: RwLock::new(Vec::new()),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                tokens: HashMap::new(),
+                loaded_at: None,
+            })),
+            reloading: tokio::sync::Mutex::new(()),
             configured_admin: configured_admin.map(hash_token),
-            last_reload: Mutex::new(Instant::now()),
+            store,
         };
-        auth.reload().await?;
+        let records = auth.store.tokens().await?;
+        auth.install(records, Instant::now());
         Ok((auth, created))
     }
 
-    async fn reload(&self) -> Result<(), StoreError> {
-        let mut tokens: Vec<([u8; 32], Role)> = self
-            .store
-            .tokens()
-            .await?
-            .into_iter()
-            .filter_map(|record| Some((record.token_hash, Role::parse(&record.role)?)))
-            .collect();
-        if let Some(admin) = self.configured_admin {
-            tokens.push((admin, Role::Admin));
-        }
-        *self.tokens.write().expect("token lock") = tokens;
-        Ok(())
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn lookup(&self, hash: &[u8; 32]) -> Option<Role> {
-        // Compare against every token, so the time does not say which
-        // (or whether one) matched early.
-        let mut found = None;
-        for (stored, role) in self.tokens.read().expect("token lock").iter() {
-            if constant_time_eq(stored, hash) {
-                found = Some(*role);
+    fn install(&self, records: Vec<TokenRecord>, loaded_at: Instant) -> Arc<Snapshot> {
+        let now = crate::writer::now();
+        let tokens = records
+            .into_iter()
+            .filter(|record| record.is_usable_at(now))
+            .filter_map(|record| {
+                let role = Role::parse(&record.role)?;
+                Some((
+                    record.token_hash,
+                    CachedToken {
+                        role,
+                        expires_at: record.expires_at,
+                    },
+                ))
+            })
+            .collect();
+        let snapshot = Arc::new(Snapshot {
+            tokens,
+            loaded_at: Some(loaded_at),
+        });
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = snapshot.clone();
+        snapshot
+    }
+
+    /// Makes the next request reload the table: after this process created
+    /// or revoked a token, it sees the change at once.
+    pub fn invalidate(&self) {
+        let tokens = self.current().tokens.clone();
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Snapshot {
+            tokens,
+            loaded_at: None,
+        });
+    }
+
+    /// Reloads the table (the caller holds `reloading`). When the database
+    /// cannot be read, the copy held is kept and tried again after
+    /// `TOKEN_CACHE_REFRESH_AGE`: every route but `/metrics` and
+    /// `/openapi.json` needs the database anyway, so a revoked token gains
+    /// nothing meanwhile, while the others keep working.
+    async fn reload(&self) -> Arc<Snapshot> {
+        let started = Instant::now();
+        match self.store.tokens().await {
+            Ok(records) => self.install(records, started),
+            Err(error) => {
+                tracing::warn!(%error, "could not reload the API tokens; using the copy held");
+                let tokens = self.current().tokens.clone();
+                let snapshot = Arc::new(Snapshot {
+                    tokens,
+                    loaded_at: Some(started),
+                });
+                *self
+                    .snapshot
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = snapshot.clone();
+                snapshot
             }
         }
-        found
     }
 
-    /// The role of a presented token, or `None` if it is unknown.
+    /// A copy of the table at most `TOKEN_CACHE_AGE_MAX` old.
+    async fn fresh_snapshot(&self) -> Arc<Snapshot> {
+        let current = self.current();
+        let age = current.age();
+        if age < TOKEN_CACHE_REFRESH_AGE {
+            return current;
+        }
+        if age < TOKEN_CACHE_AGE_MAX {
+            // Still young enough to use: reload now, unless another
+            // request already is, in which case use this copy.
+            let Ok(_reloading) = self.reloading.try_lock() else {
+                return current;
+            };
+            let current = self.current();
+            if current.age() < TOKEN_CACHE_REFRESH_AGE {
+                return current;
+            }
+            return self.reload().await;
+        }
+        let _reloading = self.reloading.lock().await;
+        let current = self.current();
+        if current.age() < TOKEN_CACHE_AGE_MAX {
+            return current;
+        }
+        self.reload().await
+    }
+
+    /// The role of a presented token, or `None` if it is unknown, revoked or
+    /// expired.
     pub async fn role_of(&self, token: &str) -> Option<Role> {
         let hash = hash_token(token);
-        if let Some(role) = self.lookup(&hash) {
-            return Some(role);
+        if self
+            .configured_admin
+            .is_some_and(|admin| constant_time_eq(&admin, &hash))
+        {
+            return Some(Role::Admin);
         }
-        let reload = {
-            let mut last = self.last_reload.lock().expect("reload lock");
-            if last.elapsed() >= TOKEN_RELOAD_INTERVAL {
-                *last = Instant::now();
-                true
-            } else {
-                false
-            }
-        };
-        if reload {
-            if let Err(error) = self.reload().await {
-                tracing::warn!(%error, "could not reload API tokens");
-            }
-            return self.lookup(&hash);
+        // Looked up by the SHA-256 of what was presented: how long the
+        // lookup takes says nothing about any stored secret.
+        let cached = *self.fresh_snapshot().await.tokens.get(&hash)?;
+        if cached
+            .expires_at
+            .is_some_and(|expires_at| crate::writer::now() >= expires_at)
+        {
+            return None;
         }
-        None
+        Some(cached.role)
     }
-
     /// Checks an `Authorization` header value against the role a route needs.
     pub async fn check(&self, header: Option<&str>, needed: Role) -> Result<Role, ApiError> {
         let unauthenticated =
@@ -176,7 +328,7 @@ impl Auth {
         let role = self
             .role_of(token)
             .await
-            .ok_or_else(|| unauthenticated("unknown token"))?;
+            .ok_or_else(|| unauthenticated("unknown, revoked or expired token"))?;
         if role < needed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

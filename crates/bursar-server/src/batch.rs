@@ -108,8 +108,8 @@ fn parse_body<T: DeserializeOwned + IntoCommand>(body: Value) -> Result<Command,
     } else {
         body
     };
-    serde_json::from_value::<T>(body)
-        .map_err(|error| ApiError::invalid(format!("bad operation body: {error}")))?
+    crate::json_errors::from_value::<T>(body, "body")
+        .map_err(ApiError::invalid)?
         .into_command()
 }
 

@@ -13,6 +13,11 @@ use serde::de::DeserializeOwned;
 /// and references while keeping a flood of big bodies cheap to refuse.
 pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// The answer when a path's ids cannot even be read (not UTF-8 once
+/// percent-decoded).
+const BAD_PATH_IDS: &str =
+    "the ids in the path must be 1 to 128 characters of [A-Za-z0-9._:@-], percent-encoded UTF-8";
+
 /// `/v1/users/{user_id}/courses/{course_id}`, validated.
 pub struct EnrollmentPath(pub EnrollmentKey);
 
@@ -22,9 +27,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EnrollmentPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path((user_id, course_id)) = Path::<(String, String)>::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| {
-                ApiError::invalid(format!("bad path: {}", rejection.body_text()))
-            })?;
+            .map_err(|_| ApiError::invalid(BAD_PATH_IDS))?;
         Ok(EnrollmentPath(EnrollmentKey {
             user_id: UserId::parse(&user_id)
                 .map_err(|error| ApiError::invalid(error.to_string()))?,
@@ -43,9 +46,7 @@ impl<S: Send + Sync> FromRequestParts<S> for UserPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(user_id) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|rejection| {
-                ApiError::invalid(format!("bad path: {}", rejection.body_text()))
-            })?;
+            .map_err(|_| ApiError::invalid(BAD_PATH_IDS))?;
         Ok(UserPath(
             UserId::parse(&user_id).map_err(|error| ApiError::invalid(error.to_string()))?,
         ))
@@ -96,9 +97,9 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
         } else {
             &body.bytes
         };
-        serde_json::from_slice(bytes)
+        crate::json_errors::from_slice(bytes)
             .map(JsonBody)
-            .map_err(|error| ApiError::invalid(format!("bad JSON body: {error}")))
+            .map_err(ApiError::invalid)
     }
 }
 

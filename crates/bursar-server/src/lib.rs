@@ -9,8 +9,10 @@ pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod holds;
+pub mod json_errors;
 pub mod metrics;
 pub mod openapi;
+pub mod tokens;
 pub mod writer;
 
 use crate::auth::Auth;
@@ -24,7 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use bursar_store::{Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
@@ -67,8 +69,9 @@ impl std::ops::Deref for AppState {
 pub struct App {
     pub state: AppState,
     writer_task: tokio::task::JoinHandle<()>,
-    /// The admin token created on this start, if there was none: print once.
-    pub created_admin_token: Option<String>,
+    /// The admin token created on this start, if there was none: print its
+    /// secret once.
+    pub created_admin_token: Option<auth::NewToken>,
     /// Timeouts and the cap of the connections `serve` accepts.
     pub connections: ConnectionOptions,
 }
@@ -180,6 +183,11 @@ pub fn router(state: AppState) -> Router {
             post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/audit", get(api::audit))
+        .route(
+            "/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/v1/tokens/{id}", delete(tokens::revoke_token))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::openapi_json))

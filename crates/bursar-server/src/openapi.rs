@@ -45,8 +45,9 @@ impl utoipa::Modify for BearerAuth {
 pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        let mut document =
-            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+        let mut document = ApiDoc::openapi();
+        document.merge(crate::tokens::TokensDoc::openapi());
+        let mut document = serde_json::to_value(document).expect("the OpenAPI document serializes");
         complete_operations(&mut document);
         close_request_objects(&mut document);
         downgrade_to_openapi_3_0(&mut document);

@@ -49,11 +49,26 @@ pub enum StoreError {
     Config(String),
 }
 
-/// An API token as stored: only the SHA-256 of the token, never the token.
+/// An API token as stored: only the SHA-256 of the secret, never the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
+    /// The public id (`tok_` and 16 hex digits), shown when the token is
+    /// made and used to list and revoke it; it grants nothing.
+    pub id: String,
     pub token_hash: [u8; 32],
     pub role: String,
+    pub created_at: Timestamp,
+    /// `None`: the token does not expire.
+    pub expires_at: Option<Timestamp>,
+    /// When the token was revoked; `None` while it is not.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl TokenRecord {
+    /// Whether the token may be used at `now`: not revoked, not expired.
+    pub fn is_usable_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires_at| now < expires_at)
+    }
 }
 
 /// What `audit` found: `ok` is true exactly when `disagreements` is empty.
@@ -116,6 +131,26 @@ impl Store {
             DatabaseUrl::Sqlite(options) => Ok(Store::Sqlite(SqliteStore::open(options).await?)),
             DatabaseUrl::Postgres(options) => {
                 Ok(Store::Postgres(PostgresStore::open(*options).await?))
+            }
+        }
+    }
+
+    /// Creates the database when it does not exist yet (the SQLite file, or
+    /// the PostgreSQL database through the server's `postgres` maintenance
+    /// database), then opens and migrates it; for `bursar migrate`. Returns
+    /// the store and whether it created the database.
+    pub async fn create_and_open(url: &str) -> Result<(Store, bool), StoreError> {
+        match DatabaseUrl::parse(url)? {
+            DatabaseUrl::Sqlite(options) => {
+                let created = !options.path.exists();
+                Ok((Store::Sqlite(SqliteStore::open(options).await?), created))
+            }
+            DatabaseUrl::Postgres(options) => {
+                let created = options.create_database_if_missing().await?;
+                Ok((
+                    Store::Postgres(PostgresStore::open(*options).await?),
+                    created,
+                ))
             }
         }
     }
@@ -196,6 +231,7 @@ impl Store {
         }
     }
 
+    /// Every token, revoked and expired ones included, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         match self {
             Store::Sqlite(store) => store.tokens().await,
@@ -203,10 +239,26 @@ impl Store {
         }
     }
 
-    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+    /// Stores a new token. Its id and hash must be new (a clash is an
+    /// `Internal` error: both are random).
+    pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(store) => store.insert_token(token, now).await,
-            Store::Postgres(store) => store.insert_token(token, now).await,
+            Store::Sqlite(store) => store.insert_token(token.clone()).await,
+            Store::Postgres(store) => store.insert_token(token).await,
+        }
+    }
+
+    /// Revokes the token with this id (from `now` on; revoking it again
+    /// keeps the first time) and returns it as it is now stored, or `None`
+    /// when no token has this id.
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.revoke_token(id.to_owned(), now).await,
+            Store::Postgres(store) => store.revoke_token(id, now).await,
         }
     }
 

@@ -202,6 +202,18 @@ CREATE TABLE api_tokens (
 );
 "#,
     r#"
+-- Token lifecycle: a public id to list and revoke a token by, an optional
+-- expiry, and the time of revocation. Tokens made before get a random id.
+ALTER TABLE api_tokens ADD COLUMN id TEXT;
+ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
+ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
+UPDATE api_tokens
+    SET id = 'tok_' || substr(md5(random()::text || encode(token_hash, 'hex')), 1, 16)
+    WHERE id IS NULL;
+ALTER TABLE api_tokens ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id);
+"#,
+    r#"
 -- Holds: the enrollment's held sum, each entry's hold, and one row per hold
 -- (see holds.rs). Rows written before this migration hold nothing.
 ALTER TABLE enrollments ADD COLUMN amount_held BIGINT NOT NULL DEFAULT 0;
@@ -393,6 +405,43 @@ impl PostgresOptions {
             }
         });
         Ok(client)
+    }
+
+    /// Creates the database these options name when it does not exist yet,
+    /// through the server's `postgres` maintenance database (so the user
+    /// needs the `CREATEDB` privilege); for `bursar migrate`. Returns whether
+    /// it created the database. Another process creating it at the same
+    /// moment is fine.
+    pub async fn create_database_if_missing(&self) -> Result<bool, StoreError> {
+        let missing = match self.config.connect(self.tls()?).await {
+            Ok(_) => false,
+            Err(error) if error.code() == Some(&SqlState::INVALID_CATALOG_NAME) => true,
+            Err(error) => return Err(classify(&error).error),
+        };
+        if !missing {
+            return Ok(false);
+        }
+        let name = self
+            .config
+            .get_dbname()
+            .or_else(|| self.config.get_user())
+            .ok_or_else(|| StoreError::Config("the PostgreSQL URL names no database".into()))?
+            .to_owned();
+        let maintenance = self.with_database("postgres").connect().await?;
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match maintenance
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(false),
+            Err(error) => Err(StoreError::Config(format!(
+                "cannot create the database {name:?}: {}",
+                error
+                    .as_db_error()
+                    .map_or_else(|| error.to_string(), ToString::to_string)
+            ))),
+        }
     }
 
     /// The same server, another database.
@@ -956,31 +1005,53 @@ impl PostgresStore {
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let client = self.connection().await?;
         let rows = client
-            .query("SELECT token_hash, role FROM api_tokens", &[])
+            .query(
+                &format!("{SELECT_TOKENS_FROM} ORDER BY created_at, id"),
+                &[],
+            )
             .await
             .map_err(read_error)?;
-        rows.iter()
-            .map(|row| {
-                let hash: Vec<u8> = row.try_get(0).map_err(read_error)?;
-                let role: String = row.try_get(1).map_err(read_error)?;
-                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
-                    StoreError::Internal("a stored token hash is not 32 bytes".into())
-                })?;
-                Ok(TokenRecord { token_hash, role })
-            })
-            .collect()
+        rows.iter().map(token_record).collect()
     }
 
-    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let client = self.connection().await?;
         client
             .execute(
-                "INSERT INTO api_tokens (token_hash, role, created_at) VALUES ($1, $2, $3)",
-                &[&&token.token_hash[..], &token.role, &now.unix_micros()],
+                "INSERT INTO api_tokens (id, token_hash, role, created_at, expires_at, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &token.id,
+                    &&token.token_hash[..],
+                    &token.role,
+                    &token.created_at.unix_micros(),
+                    &token.expires_at.map(Timestamp::unix_micros),
+                    &token.revoked_at.map(Timestamp::unix_micros),
+                ],
             )
             .await
             .map_err(read_error)?;
         Ok(())
+    }
+
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.connection().await?;
+        client
+            .execute(
+                "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &now.unix_micros()],
+            )
+            .await
+            .map_err(read_error)?;
+        let row = client
+            .query_opt(&format!("{SELECT_TOKENS_FROM} WHERE id = $1"), &[&id])
+            .await
+            .map_err(read_error)?;
+        row.as_ref().map(token_record).transpose()
     }
 
     /// Whether the database answers, within a few seconds; for `/readyz`.
@@ -1020,6 +1091,26 @@ impl PostgresStore {
             self.options.shown()
         )))
     }
+}
+
+const SELECT_TOKENS_FROM: &str =
+    "SELECT id, token_hash, role, created_at, expires_at, revoked_at FROM api_tokens";
+
+fn token_record(row: &Row) -> Result<TokenRecord, StoreError> {
+    let hash: Vec<u8> = row.try_get(1).map_err(read_error)?;
+    let token_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("a stored token hash is not 32 bytes".into()))?;
+    let expires_at: Option<i64> = row.try_get(4).map_err(read_error)?;
+    let revoked_at: Option<i64> = row.try_get(5).map_err(read_error)?;
+    Ok(TokenRecord {
+        id: row.try_get(0).map_err(read_error)?,
+        token_hash,
+        role: row.try_get(2).map_err(read_error)?,
+        created_at: Timestamp::from_unix_micros(row.try_get(3).map_err(read_error)?),
+        expires_at: expires_at.map(Timestamp::from_unix_micros),
+        revoked_at: revoked_at.map(Timestamp::from_unix_micros),
+    })
 }
 
 pub(crate) fn read_error(error: tokio_postgres::Error) -> StoreError {
@@ -1830,6 +1921,37 @@ mod tests {
         PostgresStore::open(PostgresOptions::parse(url).expect("url"))
             .await
             .expect("open")
+    }
+
+    /// A token made under the first schema gets a random public id when
+    /// the second migration adds ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_tokens_made_before_ids_get_one() {
+        if !crate::testing::postgres_available() {
+            return;
+        }
+        let database = crate::testing::PostgresTestDb::create();
+        database.execute(&format!(
+            "CREATE TABLE bursar_schema_migrations (
+                version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            );
+            INSERT INTO bursar_schema_migrations (version) VALUES (0), (1);
+            {}
+            INSERT INTO api_tokens (token_hash, role, created_at)
+                VALUES (decode(repeat('ab', 32), 'hex'), 'admin', 7);",
+            MIGRATIONS[0]
+        ));
+        let store = open(database.url()).await;
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert!(
+            tokens[0].id.starts_with("tok_") && tokens[0].id.len() == 20,
+            "{}",
+            tokens[0].id
+        );
+        assert_eq!(tokens[0].token_hash, [0xab; 32]);
+        assert_eq!((tokens[0].expires_at, tokens[0].revoked_at), (None, None));
     }
 
     /// Three processes starting at once on an empty database: the

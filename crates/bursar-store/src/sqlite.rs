@@ -238,6 +238,15 @@ CREATE TABLE api_tokens (
 );
 "#,
     r#"
+-- Token lifecycle: a public id to list and revoke a token by, an optional
+-- expiry, and the time of revocation. Tokens made before get a random id.
+ALTER TABLE api_tokens ADD COLUMN id TEXT;
+ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+UPDATE api_tokens SET id = 'tok_' || lower(hex(randomblob(8))) WHERE id IS NULL;
+CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id);
+"#,
+    r#"
 -- Holds: the enrollment's held sum, each entry's hold, and one row per hold
 -- (see holds.rs). Rows written before this migration hold nothing.
 ALTER TABLE enrollments ADD COLUMN amount_held INTEGER NOT NULL DEFAULT 0;
@@ -547,37 +556,64 @@ impl SqliteStore {
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection
-                .prepare_cached("SELECT token_hash, role FROM api_tokens")
+                .prepare_cached(SELECT_TOKENS)
                 .map_err(map_error)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
-                })
-                .map_err(map_error)?;
+            let rows = statement.query_map([], read_token_row).map_err(map_error)?;
             let mut tokens = Vec::new();
             for row in rows {
-                let (hash, role) = row.map_err(map_error)?;
-                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
-                    StoreError::Internal("a stored token hash is not 32 bytes".into())
-                })?;
-                tokens.push(TokenRecord { token_hash, role });
+                tokens.push(token_record(row.map_err(map_error)?)?);
             }
             Ok(tokens)
         })
         .await
     }
 
-    pub async fn insert_token(&self, token: TokenRecord, now: Timestamp) -> Result<(), StoreError> {
+    pub async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
             let writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             writer
                 .execute(
-                    "INSERT INTO api_tokens (token_hash, role, created_at) VALUES (?1, ?2, ?3)",
-                    params![&token.token_hash[..], token.role, now.unix_micros()],
+                    "INSERT INTO api_tokens (id, token_hash, role, created_at, expires_at, revoked_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        token.id,
+                        &token.token_hash[..],
+                        token.role,
+                        token.created_at.unix_micros(),
+                        token.expires_at.map(Timestamp::unix_micros),
+                        token.revoked_at.map(Timestamp::unix_micros),
+                    ],
                 )
                 .map_err(map_error)?;
             Ok(())
+        })
+        .await
+    }
+
+    pub async fn revoke_token(
+        &self,
+        id: String,
+        now: Timestamp,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            writer
+                .execute(
+                    "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, now.unix_micros()],
+                )
+                .map_err(map_error)?;
+            let row = writer
+                .query_row(
+                    &format!("{SELECT_TOKENS_FROM} WHERE id = ?1"),
+                    params![id],
+                    read_token_row,
+                )
+                .optional()
+                .map_err(map_error)?;
+            row.map(token_record).transpose()
         })
         .await
     }
@@ -610,6 +646,49 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+const SELECT_TOKENS_FROM: &str =
+    "SELECT id, token_hash, role, created_at, expires_at, revoked_at FROM api_tokens";
+
+const SELECT_TOKENS: &str = "SELECT id, token_hash, role, created_at, expires_at, revoked_at \
+     FROM api_tokens ORDER BY created_at, id";
+
+/// The columns of a token row, as read.
+type TokenRow = (
+    Option<String>,
+    Vec<u8>,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn read_token_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn token_record(
+    (id, hash, role, created_at, expires_at, revoked_at): TokenRow,
+) -> Result<TokenRecord, StoreError> {
+    let token_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("a stored token hash is not 32 bytes".into()))?;
+    Ok(TokenRecord {
+        id: id.ok_or_else(|| StoreError::Internal("a stored token has no id".into()))?,
+        token_hash,
+        role,
+        created_at: Timestamp::from_unix_micros(created_at),
+        expires_at: expires_at.map(Timestamp::from_unix_micros),
+        revoked_at: revoked_at.map(Timestamp::from_unix_micros),
+    })
 }
 
 /// One batch, one `BEGIN IMMEDIATE … COMMIT`, one fsync of the WAL.
@@ -1301,5 +1380,37 @@ mod tests {
             .await
             .expect("writes resume");
         assert!(!store.inner.faulted.load(Ordering::Relaxed));
+    }
+
+    /// A token made under the first schema gets a random public id when the
+    /// second migration adds ids.
+    #[tokio::test]
+    async fn tokens_made_before_ids_get_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(&format!(
+                    "{} PRAGMA user_version = 1;
+                     INSERT INTO api_tokens (token_hash, role, created_at)
+                         VALUES (randomblob(32), 'admin', 7);",
+                    MIGRATIONS[0]
+                ))
+                .expect("the first schema");
+        }
+        let store = SqliteStore::open(
+            SqliteOptions::parse(path.to_str().expect("UTF-8")).expect("options"),
+        )
+        .await
+        .expect("migrate");
+        let tokens = store.tokens().await.expect("tokens");
+        assert_eq!(tokens.len(), 1);
+        assert!(
+            tokens[0].id.starts_with("tok_") && tokens[0].id.len() == 20,
+            "{}",
+            tokens[0].id
+        );
+        assert_eq!((tokens[0].expires_at, tokens[0].revoked_at), (None, None));
     }
 }

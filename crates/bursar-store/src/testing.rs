@@ -69,8 +69,9 @@ async fn admin_client() -> Result<tokio_postgres::Client, StoreError> {
 /// Whether the PostgreSQL tests should run, decided once per test process.
 ///
 /// Under `CI=true` they always run: an unreachable server is a failure, never
-/// a skip. Elsewhere an unreachable server prints one line saying how to
-/// enable them, and every PostgreSQL test passes without running.
+/// a skip. Elsewhere an unreachable server prints one line that names the
+/// URL tried (password hidden) and how to point the tests elsewhere, and
+/// every PostgreSQL test passes without running.
 pub fn postgres_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -82,23 +83,59 @@ pub fn postgres_available() -> bool {
                 .map_err(|error| StoreError::Unavailable(error.to_string()))?;
             Ok::<(), StoreError>(())
         });
+        let tried = admin_options().shown().to_owned();
         match reached {
             Ok(()) => true,
             Err(error) if std::env::var("CI").is_ok_and(|value| value == "true") => panic!(
-                "CI=true and the PostgreSQL tests cannot reach {}: {error}",
-                admin_options().shown()
+                "CI=true and the PostgreSQL tests cannot reach {tried}: {error}; \
+                 start PostgreSQL there or set {POSTGRES_URL_VARIABLE}"
             ),
             Err(error) => {
-                // Written past the test harness's capture, so the skip is seen.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping the PostgreSQL tests: {error}; start PostgreSQL at 127.0.0.1:5432 \
-                     (user postgres, trust) or set {POSTGRES_URL_VARIABLE} to enable them"
-                );
+                if first_skip_of_this_run() {
+                    // Written past the test harness's capture, so the skip is seen.
+                    let _ = writeln!(std::io::stderr(), "{}", skip_line(&tried, &error));
+                }
                 false
             }
         }
     })
+}
+
+/// The one line a run without PostgreSQL prints.
+fn skip_line(tried: &str, error: &StoreError) -> String {
+    let how = if std::env::var_os(POSTGRES_URL_VARIABLE).is_some_and(|url| !url.is_empty()) {
+        format!("(from {POSTGRES_URL_VARIABLE}); fix that URL or start that server")
+    } else {
+        format!(
+            "(the default); start PostgreSQL there or set {POSTGRES_URL_VARIABLE}=postgres://USER@HOST:PORT/DATABASE"
+        )
+    };
+    format!(
+        "skipping the PostgreSQL tests: cannot reach {tried} {how}; set CI=true to make this a failure ({error})"
+    )
+}
+
+/// Whether this is the first test binary of this `cargo test` run to skip:
+/// the binaries run one after another as children of the same `cargo`, so
+/// a marker file named after that parent process (its id and start time,
+/// as ids are reused) says whether one has already printed the line.
+fn first_skip_of_this_run() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    // Field 22 of /proc/PID/stat, counted after the command name in
+    // parentheses (which may hold spaces).
+    let started = std::fs::read_to_string(format!("/proc/{parent}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1.to_owned();
+            after_name.split_whitespace().nth(19).map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let marker = std::env::temp_dir().join(format!("bursar-postgres-skip-{parent}-{started}"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok()
 }
 
 static DATABASES: AtomicU64 = AtomicU64::new(0);
@@ -144,6 +181,22 @@ impl PostgresTestDb {
                 }
             }
         });
+        let url = with_database(&postgres_admin_url(), &name);
+        PostgresTestDb { name, url }
+    }
+
+    /// A fresh database name on the test server that is NOT created (for a
+    /// test of creating it); dropped like any other if something made it.
+    pub fn reserve() -> PostgresTestDb {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() % 1_000_000)
+            .unwrap_or(0);
+        let name = format!(
+            "bursar_test_{}_{}_{stamp}_new",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
         let url = with_database(&postgres_admin_url(), &name);
         PostgresTestDb { name, url }
     }

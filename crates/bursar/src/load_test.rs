@@ -20,6 +20,7 @@ use bursar_core::money::OPERATION_AMOUNT_MAX;
 use bursar_core::{
     Amount, CourseId, Currency, EnrollmentKey, EntryKind, IdempotencyKey, Price, UserId,
 };
+use bursar_server::writer::QUEUE_OPERATIONS_MAX;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Clients of a run of single payments given no `--clients`.
+const CLIENTS_DEFAULT: u32 = 100;
+
+/// The payments all clients may have in flight at once when `--clients` is
+/// not given: half the server's write queue, so the queue never overflows
+/// (a 503 `OVERLOADED` and a retry measure the overflow, not the server)
+/// while the writer still always has a full batch waiting.
+const IN_FLIGHT_PAYMENTS_DEFAULT_MAX: u64 = QUEUE_OPERATIONS_MAX as u64 / 2;
+
+impl LoadTestArgs {
+    /// `--clients`, or the default for the batch size.
+    fn clients(&self) -> u32 {
+        self.clients.unwrap_or_else(|| {
+            let fitting = IN_FLIGHT_PAYMENTS_DEFAULT_MAX / u64::from(self.batch_size).max(1);
+            u32::try_from(fitting.clamp(1, u64::from(CLIENTS_DEFAULT))).unwrap_or(CLIENTS_DEFAULT)
+        })
+    }
+}
 
 /// Payments of a run given neither `--payments` nor `--duration`.
 const PAYMENTS_DEFAULT: u64 = 10_000;
@@ -71,8 +91,12 @@ pub struct LoadTestArgs {
     #[arg(long)]
     spawn: bool,
     /// Concurrent clients, each with one request in flight at a time.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    clients: u32,
+    /// Default: 100 with one payment per request; with --batch-size, as many
+    /// as keep clients × batch size within half the server's write queue
+    /// of 262,144 operations (16 clients for batches of 8,192), so the run
+    /// measures the server instead of overflowing its queue.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    clients: Option<u32>,
     /// Payments to make in all (the default is 10,000).
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     payments: Option<u64>,
@@ -987,7 +1011,10 @@ fn fresh_seed() -> u64 {
 
 fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
     if args.amount_min < 1 || args.amount_max > OPERATION_AMOUNT_MAX {
-        bail!("payment amounts must be between 1 and {OPERATION_AMOUNT_MAX} minor units");
+        bail!(
+            "payment amounts must be between 1 and {} minor units",
+            thousands(OPERATION_AMOUNT_MAX as u64)
+        );
     }
     if args.amount_min > args.amount_max {
         bail!("--amount-min must not exceed --amount-max");
@@ -997,13 +1024,26 @@ fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
     {
         bail!("--duration must be more than 0 and at most 86400 seconds");
     }
+    let in_flight = u64::from(args.clients()) * u64::from(args.batch_size);
+    if in_flight > QUEUE_OPERATIONS_MAX as u64 && !args.json {
+        eprintln!(
+            "bursar load-test: note: {} clients × batches of {} put {} payments in flight, more \
+             than the server's write queue of {}; expect 503 OVERLOADED and retries \
+             (fewer --clients measure the server rather than the overflow)",
+            thousands(u64::from(args.clients())),
+            thousands(u64::from(args.batch_size)),
+            thousands(in_flight),
+            thousands(QUEUE_OPERATIONS_MAX as u64)
+        );
+    }
     if let Some(payments) = args.payments {
         let per_enrollment = payments.div_ceil(u64::from(args.enrollments));
         if i128::from(per_enrollment) * i128::from(args.amount_max) > i128::from(ENROLLMENT_PRICE) {
             bail!(
-                "{per_enrollment} payments of up to {} would exceed an enrollment's largest price; \
+                "{} payments of up to {} would exceed an enrollment's largest price; \
                  lower --amount-max or --payments, or raise --enrollments",
-                args.amount_max
+                thousands(per_enrollment),
+                thousands(args.amount_max.max(0) as u64)
             );
         }
     }
@@ -1195,7 +1235,7 @@ async fn load(
     token: Option<String>,
     spawned: Option<&SpawnedServer>,
 ) -> anyhow::Result<Report> {
-    let clients = args.clients as usize;
+    let clients = args.clients() as usize;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
@@ -1312,7 +1352,7 @@ async fn load(
         config: ConfigReport {
             url: base.to_owned(),
             spawned: spawned.is_some(),
-            clients: args.clients,
+            clients: args.clients(),
             payments,
             duration_seconds: args.duration,
             enrollments: args.enrollments,
@@ -1362,7 +1402,7 @@ async fn load(
 }
 
 /// `1234567` as `1,234,567`.
-fn thousands(value: u64) -> String {
+pub(crate) fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut text = String::with_capacity(digits.len() + digits.len() / 3);
     for (position, digit) in digits.chars().enumerate() {
@@ -1374,7 +1414,7 @@ fn thousands(value: u64) -> String {
     text
 }
 
-fn plural(count: u64, one: &str, many: &str) -> String {
+pub(crate) fn plural(count: u64, one: &str, many: &str) -> String {
     format!(
         "{} {}",
         thousands(count),
@@ -1562,6 +1602,40 @@ fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: LoadTestArgs,
+    }
+
+    fn clients_for(arguments: &[&str]) -> u32 {
+        let mut all = vec!["load-test"];
+        all.extend_from_slice(arguments);
+        Wrapper::parse_from(all).args.clients()
+    }
+
+    #[test]
+    fn default_clients_keep_batches_within_half_the_queue() {
+        assert_eq!(clients_for(&[]), CLIENTS_DEFAULT);
+        assert_eq!(clients_for(&["--batch-size", "8192"]), 16);
+        assert_eq!(clients_for(&["--batch-size", "1000"]), 100);
+        assert_eq!(clients_for(&["--batch-size", "2000"]), 65);
+        for batch in [1u32, 2, 100, 1311, 1312, 4096, 8192] {
+            let text = batch.to_string();
+            let clients = clients_for(&["--batch-size", &text]);
+            assert!(
+                u64::from(clients) * u64::from(batch) <= QUEUE_OPERATIONS_MAX as u64 / 2,
+                "{clients} × {batch}"
+            );
+            assert!(clients >= 1);
+        }
+        assert_eq!(
+            clients_for(&["--batch-size", "8192", "--clients", "100"]),
+            100
+        );
+    }
 
     fn plan(enrollments: u32, duplicate_percent: u64) -> Plan {
         Plan {

@@ -4,10 +4,13 @@
 mod load_test;
 
 use anyhow::{Context, bail};
-use bursar_server::auth::{Role, create_token};
+use bursar_server::auth::{Role, make_token};
+use bursar_server::tokens::{TokenView, parse_lifetime};
 use bursar_server::{App, connections};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
+use load_test::plural;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +34,10 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct DatabaseArgs {
-    /// `sqlite://PATH` (the embedded default; `?synchronous=FULL|NORMAL|OFF`).
+    /// The database: `sqlite://PATH` (the embedded default; a relative path,
+    /// or `sqlite:///ABSOLUTE/PATH`; `?synchronous=FULL|NORMAL|OFF`), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=…` for a
+    /// database many servers share.
     #[arg(
         long,
         env = "BURSAR_DATABASE_URL",
@@ -106,12 +112,20 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the HTTP service.
+    #[command(after_help = "Environment:\n  \
+        BURSAR_LOG  which log lines to write, as a tracing filter (default `info,tokio_postgres=warn`; \
+        for example `debug` or `info,bursar_server=debug`)")]
     Serve {
+        /// The address and port to listen on; port 0 picks a free one. The
+        /// port is taken before anything else, so a busy port fails at once.
         #[arg(long, env = "BURSAR_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         #[command(flatten)]
         database: DatabaseArgs,
-        /// An admin token accepted in addition to the stored ones.
+        /// The operator's break-glass admin token, accepted besides the
+        /// stored ones. It is not stored, so it cannot be listed or revoked
+        /// through the API; with it set, no admin token is made on the first
+        /// start.
         #[arg(long, env = "BURSAR_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
         /// Log lines as text or as JSON objects (to standard error).
@@ -133,7 +147,7 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// Manage API tokens.
+    /// Make, list and revoke API tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -155,20 +169,56 @@ enum Commands {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token with a role and print it (it is shown only this once).
+    /// Make a token with a role and print its secret (shown only this once;
+    /// its id goes to standard error).
     Create {
+        /// reader: reads; writer: reads and every operation; admin:
+        /// everything, including the audit and the tokens.
         #[arg(long, value_parser = ["reader", "writer", "admin"])]
         role: String,
+        /// How long the token lives: `3600s`, `90m`, `12h`, `30d` (at most
+        /// 3650 days). Without it the token does not expire.
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifetime)]
+        expires_in: Option<u64>,
+        /// Print `{"id","token","role","created_at","expires_at"}` as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List every token: id, role, when it was made, when it expires,
+    /// whether it is revoked. Never a secret.
+    List {
+        /// Print `{"tokens":[…]}` as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a token by its id (`tok_…`): every server on the database
+    /// refuses it within a second. (The break-glass BURSAR_ADMIN_TOKEN is
+    /// not stored; remove it from the configuration instead.)
+    Revoke {
+        /// The token's id, as `token create` and `token list` show it.
+        id: String,
         #[command(flatten)]
         database: DatabaseArgs,
     },
 }
 
+/// The log filter without `BURSAR_LOG`: information from bursar, and only
+/// warnings from the PostgreSQL driver, which otherwise logs every `NOTICE`
+/// the server sends (such as "relation already exists, skipping" on each
+/// start) at the information level.
+const LOG_FILTER_DEFAULT: &str = "info,tokio_postgres=warn";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BURSAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER_DEFAULT));
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -191,6 +241,103 @@ async fn open_existing(url: &str) -> anyhow::Result<Store> {
     Store::open(url)
         .await
         .with_context(|| format!("failed to open {}", redact_url(url)))
+}
+
+async fn token_command(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            role,
+            expires_in,
+            json,
+            database,
+        } => {
+            let role = Role::parse(&role).context("unknown role")?;
+            // A token for a database that does not exist yet would be
+            // accepted by no server: create the database first (`migrate`).
+            let store = open_existing(&database.database).await?;
+            let made = make_token(&store, role, expires_in).await?;
+            if json {
+                let body = serde_json::json!({
+                    "id": made.record.id,
+                    "token": made.secret,
+                    "role": made.record.role,
+                    "created_at": made.record.created_at,
+                    "expires_at": made.record.expires_at,
+                });
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                let expires = made
+                    .record
+                    .expires_at
+                    .map_or_else(|| "never expires".to_owned(), |at| format!("expires {at}"));
+                eprintln!(
+                    "bursar: token {} ({}, {expires}); its secret is shown only this once:",
+                    made.record.id, made.record.role
+                );
+                println!("{}", made.secret);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List { json, database } => {
+            let store = open_existing(&database.database).await?;
+            let now = bursar_server::writer::now();
+            let tokens: Vec<TokenView> = store
+                .tokens()
+                .await?
+                .iter()
+                .map(|record| TokenView::of(record, now))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "tokens": tokens }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<21} {:<6} {:<27} {:<27} REVOKED",
+                "ID", "ROLE", "CREATED", "EXPIRES"
+            );
+            for token in &tokens {
+                let expires = match token.expires_at {
+                    None => "never".to_owned(),
+                    Some(at) if token.expired => format!("{at} (expired)"),
+                    Some(at) => at.to_string(),
+                };
+                let revoked = token
+                    .revoked_at
+                    .map_or_else(|| "no".to_owned(), |at| at.to_string());
+                println!(
+                    "{:<21} {:<6} {:<27} {:<27} {revoked}",
+                    token.id,
+                    token.role,
+                    token.created_at.to_string(),
+                    expires
+                );
+            }
+            println!("{}", plural(tokens.len() as u64, "token", "tokens"));
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { id, database } => {
+            let store = open_existing(&database.database).await?;
+            match store
+                .revoke_token(&id, bursar_server::writer::now())
+                .await?
+            {
+                Some(record) => {
+                    println!(
+                        "revoked {} ({}); every server on the database refuses it within a second",
+                        record.id, record.role
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("bursar: no token has the id {id:?} (bursar token list shows them)");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -223,18 +370,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             init_logs(log_format);
             raise_fd_limit();
+            // The port first: when it is taken, fail before the database is
+            // opened (or created) and before any token is made.
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("failed to listen on {listen}"))?;
             let app = App::open(&database.database, admin_token.as_deref())
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
                 .with_connections(connections.options());
             if let Some(token) = &app.created_admin_token {
-                println!("bursar: no API token was configured, so an admin token was created.");
+                println!(
+                    "bursar: no API token was configured, so an admin token was created (id {}).",
+                    token.record.id
+                );
                 println!("bursar: it is shown only this once; keep it safe:");
-                println!("{token}");
+                println!("{}", token.secret);
             }
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("failed to listen on {listen}"))?;
             let address = listener.local_addr()?;
             println!("bursar listening on http://{address}");
             tracing::info!(%address, backend = app.state.store.backend(), "serving");
@@ -263,11 +415,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
                 println!(
-                    "audit {}: {} enrollments, {} ledger entries, {} disagreements",
+                    "audit {}: {}, {}, {}",
                     if report.ok { "passed" } else { "FAILED" },
-                    report.enrollments,
-                    report.entries,
-                    report.disagreements.len()
+                    plural(report.enrollments, "enrollment", "enrollments"),
+                    plural(report.entries, "ledger entry", "ledger entries"),
+                    plural(
+                        report.disagreements.len() as u64,
+                        "disagreement",
+                        "disagreements"
+                    )
                 );
             }
             Ok(if report.ok {
@@ -276,18 +432,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Commands::Token {
-            command: TokenCommand::Create { role, database },
-        } => {
-            let role = Role::parse(&role).context("unknown role")?;
-            // A token for a database that does not exist yet would be
-            // accepted by no server: create the database first (`migrate`).
-            let store = open_existing(&database.database).await?;
-            let token = create_token(&store, role).await?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Commands::Token { command } => token_command(command).await,
         Commands::Backup { database, output } => {
+            // Checked before the database is opened, so the message is about
+            // the output path, not the database.
+            if output.exists() {
+                bail!(
+                    "the output path {} exists already; backup never overwrites a file",
+                    output.display()
+                );
+            }
             let store = open_existing(&database.database).await?;
             store.backup(&output).await?;
             println!("backed up to {}", output.display());
@@ -295,8 +449,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Commands::LoadTest(args) => load_test::run(args).await,
         Commands::Migrate { database } => {
-            Store::open(&database.database).await?;
-            println!("{} is migrated", redact_url(&database.database));
+            let shown = redact_url(&database.database);
+            let (_store, created) = Store::create_and_open(&database.database)
+                .await
+                .with_context(|| format!("failed to migrate {shown}"))?;
+            if created {
+                println!("{shown} was created and is migrated");
+            } else {
+                println!("{shown} is migrated");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

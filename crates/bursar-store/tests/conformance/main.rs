@@ -7,3 +7,4 @@ mod helpers;
 mod holds;
 mod model;
 mod store;
+mod tokens;

@@ -1,7 +1,7 @@
 //! Storage-level conformance: what every backend must do beyond deciding
 //! operations correctly. Batches commit atomically and answer in order,
 //! everything survives reopening the store, idempotency keys included, the
-//! ledger pages, the reads list what they should, tokens are kept, audit
+//! ledger pages, the reads list what they should, audit
 //! counts, totals stop at their limit, and concurrent writers onto one
 //! enrollment, through one store or two, never lose an update.
 
@@ -13,7 +13,7 @@ use bursar_core::{
     Command, DISAGREEMENTS_PER_ENROLLMENT_MAX, EnrollmentKey, EnrollmentStatus, EntryKind,
     LedgerEntry, Outcome, PaymentStatus, Request, UserId,
 };
-use bursar_store::{LEDGER_PAGE_ENTRIES_MAX, Store, TokenRecord};
+use bursar_store::{LEDGER_PAGE_ENTRIES_MAX, Store};
 
 crate::conformance!(
     batch_answers_in_order,
@@ -23,7 +23,6 @@ crate::conformance!(
     idempotency_survives_reopening,
     ledger_pages,
     enrollments_of_lists_by_course,
-    tokens_are_kept,
     audit_of_a_clean_store,
     a_long_ledger_audits_in_full,
     tampering_deep_in_a_long_ledger_is_found,
@@ -452,43 +451,6 @@ async fn enrollments_of_lists_by_course(backend: Backend) {
             .expect("read"),
         None
     );
-}
-
-/// Tokens are kept as their hashes with their roles.
-async fn tokens_are_kept(backend: Backend) {
-    let (store, _url, _db) = fresh_store(backend).await;
-    assert!(store.tokens().await.expect("tokens").is_empty());
-    let admin = TokenRecord {
-        token_hash: [7; 32],
-        role: "admin".into(),
-    };
-    let reader = TokenRecord {
-        token_hash: [9; 32],
-        role: "reader".into(),
-    };
-    store
-        .insert_token(admin.clone(), at(T0))
-        .await
-        .expect("insert");
-    store
-        .insert_token(reader.clone(), at(T0 + SECOND))
-        .await
-        .expect("insert");
-    // The same hash again must not make a second record.
-    let _ = store
-        .insert_token(
-            TokenRecord {
-                token_hash: [7; 32],
-                role: "writer".into(),
-            },
-            at(T0 + 2 * SECOND),
-        )
-        .await;
-    let mut tokens = store.tokens().await.expect("tokens");
-    tokens.sort_by_key(|token| token.token_hash);
-    assert_eq!(tokens.len(), 2, "{tokens:?}");
-    assert_eq!(tokens[1], reader);
-    assert_eq!(tokens[0].token_hash, admin.token_hash);
 }
 
 /// A new store audits clean with nothing in it; afterwards the counts follow

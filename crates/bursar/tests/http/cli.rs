@@ -1,7 +1,9 @@
 //! The `bursar` command line as a user runs it, as child processes: `audit`
 //! (clean, altered behind bursar's back, missing file), the admin token of a
-//! first `serve`, `token create`, `backup` and `migrate`. Also home of the
-//! child-process helpers the crash tests share.
+//! first `serve`, `token create`, `backup` and `migrate` (SQLite, and a
+//! PostgreSQL database that does not exist yet), `serve` on a busy port, and
+//! `serve --help`. Also home of the child-process helpers the crash tests
+//! share.
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
 use reqwest::StatusCode;
@@ -561,7 +563,16 @@ async fn backup_copies_and_never_overwrites() {
         "backup onto an existing file should fail: {:?}",
         finished.code
     );
-    assert!(finished.stderr.contains("exists"), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("output path") && finished.stderr.contains("exists"),
+        "the message is about the output path: {}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("database configuration"),
+        "the database is fine: {}",
+        finished.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(&existing).expect("read"),
         "keep me",
@@ -614,4 +625,133 @@ async fn migrate_creates_a_new_database() {
         "{}",
         finished.stdout
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_counts_in_words() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    app.enroll("u1", "c1", 10_000).await;
+    let db = app.stop().await;
+    let finished = audit(&db.url).await;
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    assert!(
+        finished
+            .stdout
+            .contains("audit passed: 1 enrollment, 1 ledger entry, 0 disagreements"),
+        "{}",
+        finished.stdout
+    );
+}
+
+/// A busy port fails `serve` before it opens (or creates) the database and
+/// before it makes and prints an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_busy_port_fails_before_touching_the_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bursar.db");
+    let finished = run_bursar(&[
+        "serve",
+        "--listen",
+        &address,
+        "--database",
+        &sqlite_url(&path),
+    ])
+    .await;
+    assert_eq!(finished.code, Some(2), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("failed to listen on"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stdout.contains("bursar_"),
+        "no token printed: {}",
+        finished.stdout
+    );
+    assert!(!path.exists(), "no database created");
+    assert!(
+        !finished.stderr.contains('\u{1b}'),
+        "no colour codes when standard error is not a terminal: {:?}",
+        finished.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_help_describes_every_flag() {
+    let finished = run_bursar(&["serve", "--help"]).await;
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    let help = finished.stdout;
+    for needed in [
+        "postgres://",
+        "BURSAR_LOG",
+        "BURSAR_LISTEN",
+        "BURSAR_DATABASE_URL",
+        "BURSAR_ADMIN_TOKEN",
+        "BURSAR_LOG_FORMAT",
+    ] {
+        assert!(help.contains(needed), "{needed} missing from:\n{help}");
+    }
+    // Every option has a description, on its own line or on the next,
+    // more indented one.
+    let lines: Vec<&str> = help.lines().collect();
+    for (index, line) in lines.iter().enumerate() {
+        let flag = line.trim_start();
+        if !flag.starts_with("--") {
+            continue;
+        }
+        let indent = line.len() - flag.len();
+        let same_line = flag
+            .split("  ")
+            .filter(|part| !part.trim().is_empty())
+            .count()
+            > 1;
+        let next_line = lines.get(index + 1).is_some_and(|next| {
+            let text = next.trim_start();
+            !text.is_empty() && !text.starts_with('-') && next.len() - text.len() > indent
+        });
+        assert!(
+            same_line || next_line,
+            "a flag without a description: {line:?}\n{help}"
+        );
+    }
+}
+
+mod postgres {
+    use super::{audit, run_bursar};
+    use bursar_store::testing::{PostgresTestDb, postgres_available};
+
+    /// `bursar migrate` creates a PostgreSQL database that does not exist,
+    /// as its help says, and a second run finds it migrated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrate_creates_a_missing_postgres_database() {
+        if !postgres_available() {
+            return;
+        }
+        let database = PostgresTestDb::reserve();
+        let finished = audit(database.url()).await;
+        assert_ne!(finished.code, Some(0), "the database does not exist yet");
+        let finished = run_bursar(&["migrate", "--database", database.url()]).await;
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        assert!(
+            finished.stdout.contains("was created and is migrated"),
+            "{}",
+            finished.stdout
+        );
+        let finished = run_bursar(&["migrate", "--database", database.url()]).await;
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        assert!(
+            finished.stdout.contains(" is migrated") && !finished.stdout.contains("created"),
+            "{}",
+            finished.stdout
+        );
+        let finished = audit(database.url()).await;
+        assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+        assert!(
+            finished.stdout.contains("0 enrollments, 0 ledger entries"),
+            "{}",
+            finished.stdout
+        );
+    }
 }

@@ -19,3 +19,4 @@ mod operations;
 mod pg_fault;
 mod readme;
 mod scenarios;
+mod tokens;

@@ -10,6 +10,7 @@
 //! amount. A retry therefore always resends the identical request, and the
 //! verdict can recompute what each acknowledged key should have paid.
 
+mod holds;
 mod report;
 mod spawn;
 
@@ -78,7 +79,8 @@ pub struct LoadTestArgs {
     /// Concurrent clients, each with one request in flight at a time.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     clients: u32,
-    /// Payments to make in all (the default is 10,000).
+    /// Payments to make in all (the default is 10,000); with --holds,
+    /// checkout flows.
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     payments: Option<u64>,
     /// Pay for this many seconds instead of a number of payments.
@@ -107,6 +109,20 @@ pub struct LoadTestArgs {
     /// Print the report as one JSON document on stdout, and no progress bar.
     #[arg(long)]
     json: bool,
+    /// Run checkout flows instead of single payments: hold an amount, then
+    /// capture it; a share is voided and a share left to expire (the run
+    /// then waits 30 s for those to expire before its verdict).
+    #[arg(long)]
+    holds: bool,
+    /// With --holds: the share of holds voided instead of captured.
+    #[arg(long, default_value_t = holds::VOID_PERCENT_DEFAULT, requires = "holds",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    void_percent: u8,
+    /// With --holds: the share of holds left to expire (opened with the
+    /// shortest life, 30 s).
+    #[arg(long, default_value_t = holds::EXPIRE_PERCENT_DEFAULT, requires = "holds",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    expire_percent: u8,
 }
 
 /// What every payment of the run is: derived, never stored.
@@ -781,6 +797,9 @@ fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
     if args.amount_min > args.amount_max {
         bail!("--amount-min must not exceed --amount-max");
     }
+    if args.holds {
+        holds::check_args(args)?;
+    }
     if let Some(duration) = args.duration
         && !(duration > 0.0 && duration <= 86_400.0)
     {
@@ -955,7 +974,7 @@ pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     };
     // An interrupted run still stops the server it started.
     let outcome = tokio::select! {
-        outcome = load(&args, seed, &base, token, spawned.as_ref()) => outcome,
+        outcome = perform(&args, seed, &base, token, spawned.as_ref()) => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
     if let Some(server) = spawned {
@@ -964,26 +983,63 @@ pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             eprintln!("bursar load-test: {error:#}");
         }
     }
-    let report = outcome?;
+    let finished = outcome?;
+    let (ok, json, text) = match &finished {
+        Finished::Payments(report) => (
+            report.ok,
+            serde_json::to_string_pretty(report)?,
+            render(report),
+        ),
+        Finished::Checkout(report) => (
+            report.ok,
+            serde_json::to_string_pretty(report)?,
+            holds::render(report),
+        ),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{json}");
     } else {
-        print!("{}", render(&report));
+        print!("{text}");
     }
-    Ok(if report.ok {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-async fn load(
+/// The report of either kind of run.
+enum Finished {
+    Payments(Box<Report>),
+    Checkout(Box<holds::Report>),
+}
+
+async fn perform(
     args: &LoadTestArgs,
     seed: u64,
     base: &str,
     token: Option<String>,
     spawned: Option<&SpawnedServer>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Finished> {
+    let (client, run_id, enrollments) = set_up(args, seed, base, token).await?;
+    Ok(if args.holds {
+        Finished::Checkout(Box::new(
+            holds::load(args, seed, client, run_id, enrollments, spawned).await?,
+        ))
+    } else {
+        Finished::Payments(Box::new(
+            load(args, seed, base, client, run_id, enrollments, spawned).await?,
+        ))
+    })
+}
+
+/// The run's client, its id, and its enrollments, created.
+async fn set_up(
+    args: &LoadTestArgs,
+    seed: u64,
+    base: &str,
+    token: Option<String>,
+) -> anyhow::Result<(Client, String, Vec<EnrollmentKey>)> {
     let clients = args.clients as usize;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1011,7 +1067,20 @@ async fn load(
         })
         .collect::<Vec<_>>();
     create_enrollments(&client, &enrollments).await?;
+    Ok((client, run_id, enrollments))
+}
 
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    args: &LoadTestArgs,
+    seed: u64,
+    base: &str,
+    client: Client,
+    run_id: String,
+    enrollments: Vec<EnrollmentKey>,
+    spawned: Option<&SpawnedServer>,
+) -> anyhow::Result<Report> {
+    let clients = args.clients as usize;
     let payments = match (args.payments, args.duration) {
         (Some(payments), _) => Some(payments),
         (None, Some(_)) => None,

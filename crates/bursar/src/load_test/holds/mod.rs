@@ -16,7 +16,11 @@
 //! Every flow `i` is determined by the run id, the seed and `i` (its keys,
 //! enrollment, amount and ending), so a resent step is the identical request.
 
-use super::report::{LatencyReport, ServerReport, latency_report, plural, thousands};
+mod report;
+
+pub(super) use report::{Report, render};
+
+use super::report::{ServerReport, latency_report, plural};
 use super::{
     LATENCY_MICROS_MAX, LEDGER_PAGE_ENTRIES, LoadTestArgs, PROBLEMS_SHOWN_MAX, RECONCILE_TIME_MAX,
     SpawnedServer, describe, timed,
@@ -26,9 +30,9 @@ use bursar_client::{Accepted, CaptureRequest, Client, HoldRequest, Outcome};
 use bursar_core::hold::HOLD_EXPIRES_IN_SECONDS_MIN;
 use bursar_core::{Amount, EnrollmentKey, EntryKind, HoldExpiry, IdempotencyKey};
 use hdrhistogram::Histogram;
+use report::{ConfigReport, ErrorsReport, FlowsReport, LatencyReports, ThroughputReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -542,80 +546,6 @@ async fn verify(shared: &Shared, tally: &Tally) -> Verdict {
     verdict
 }
 
-#[derive(Serialize)]
-pub(super) struct Report {
-    pub(super) ok: bool,
-    config: ConfigReport,
-    /// The load alone: from the first request to the last answer.
-    elapsed_seconds: f64,
-    /// Then the wait for the holds left to expire.
-    expiry_wait_seconds: f64,
-    throughput: ThroughputReport,
-    flows: FlowsReport,
-    latency_ms: LatencyReports,
-    errors: ErrorsReport,
-    server: ServerReport,
-    verdict: Verdict,
-}
-
-#[derive(Serialize)]
-struct ConfigReport {
-    url: String,
-    spawned: bool,
-    clients: u32,
-    flows: Option<u64>,
-    duration_seconds: Option<f64>,
-    enrollments: u32,
-    void_percent: u8,
-    expire_percent: u8,
-    /// The life of the holds left to expire.
-    expiring_hold_seconds: u32,
-    amount_min: i64,
-    amount_max: i64,
-    seed: u64,
-    run_id: String,
-}
-
-#[derive(Serialize)]
-struct ThroughputReport {
-    /// Flows finished during the load (hold, then capture or void; or a hold
-    /// left to expire), per second.
-    checkout_flows_per_second: f64,
-    /// Of those, hold + capture.
-    captured_flows_per_second: f64,
-    requests_per_second: f64,
-}
-
-#[derive(Serialize)]
-struct FlowsReport {
-    started: u64,
-    finished: u64,
-    captured: u64,
-    voided: u64,
-    left_to_expire: u64,
-    /// The sum of the acknowledged captures, in minor units.
-    captured_amount: i64,
-}
-
-#[derive(Serialize)]
-struct LatencyReports {
-    /// Each request (hold, capture or void).
-    request: LatencyReport,
-    /// Each finished flow, from its hold's first send to its last answer.
-    flow: LatencyReport,
-}
-
-#[derive(Serialize)]
-struct ErrorsReport {
-    /// Steps refused, by `step CODE`.
-    refused: BTreeMap<String, u64>,
-    unknown: u64,
-    unknown_reason: Option<String>,
-    retried_unavailable: u64,
-    retried_timeouts: u64,
-    retried_connection_errors: u64,
-}
-
 pub(super) fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
     if args.batch_size != 1 || args.duplicate_percent != 0 {
         anyhow::bail!(
@@ -661,11 +591,14 @@ pub(super) async fn load(
             (None, Some(seconds)) => format!("checkout flows for {seconds} s"),
             (None, None) => String::new(),
         };
-        eprintln!(
-            "bursar load-test: {} clients, {amount}; a run with holds left to expire \
-             waits {HOLD_EXPIRES_IN_SECONDS_MIN} s for them before its verdict",
-            args.clients
-        );
+        let wait = if args.expire_percent > 0 {
+            format!(
+                "; the run then waits {HOLD_EXPIRES_IN_SECONDS_MIN} s for the holds left to expire"
+            )
+        } else {
+            String::new()
+        };
+        eprintln!("bursar load-test: {} clients, {amount}{wait}", args.clients);
     }
     let started = Instant::now();
     let shared = Arc::new(Shared {
@@ -758,100 +691,6 @@ pub(super) async fn load(
         },
         verdict,
     })
-}
-
-/// The report for a person to read.
-pub(super) fn render(report: &Report) -> String {
-    let mut out = String::new();
-    let config = &report.config;
-    let flows = &report.flows;
-    let _ = writeln!(
-        out,
-        "bursar load-test --holds: {} clients on {}, at {} (seed {})",
-        config.clients,
-        plural(u64::from(config.enrollments), "enrollment", "enrollments"),
-        config.url,
-        config.seed
-    );
-    let _ = writeln!(
-        out,
-        "  flows:      {} finished of {} started in {:.2} s: {} captured, {} voided, {} left to expire",
-        thousands(flows.finished),
-        thousands(flows.started),
-        report.elapsed_seconds,
-        thousands(flows.captured),
-        thousands(flows.voided),
-        thousands(flows.left_to_expire)
-    );
-    let throughput = &report.throughput;
-    let _ = writeln!(
-        out,
-        "  throughput: {} checkout flows/s ({} hold + capture/s), {} requests/s",
-        thousands(throughput.checkout_flows_per_second as u64),
-        thousands(throughput.captured_flows_per_second as u64),
-        thousands(throughput.requests_per_second as u64)
-    );
-    for (name, latency) in [
-        ("request", &report.latency_ms.request),
-        ("flow", &report.latency_ms.flow),
-    ] {
-        let _ = writeln!(
-            out,
-            "  {name:<8}    p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            latency.p50, latency.p90, latency.p99, latency.max
-        );
-    }
-    if report.expiry_wait_seconds > 0.0 {
-        let _ = writeln!(
-            out,
-            "  expiry:     waited {:.1} s for the holds left to expire",
-            report.expiry_wait_seconds
-        );
-    }
-    if let Some(bytes) = report.server.peak_rss_bytes {
-        let _ = writeln!(out, "  server:     peak RSS {} MiB", bytes / (1 << 20));
-    }
-    let verdict = &report.verdict;
-    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
-    let _ = writeln!(out, "verdict: {}", if verdict.ok { "PASS" } else { "FAIL" });
-    let _ = writeln!(
-        out,
-        "  {} amount_paid is the sum of the acknowledged captures ({} minor units)",
-        mark(verdict.amounts_match),
-        flows.captured_amount
-    );
-    let _ = writeln!(
-        out,
-        "  {} no hold captured twice: {} captures, {} voids, {} expiries in the ledger",
-        mark(verdict.captured_once),
-        thousands(verdict.ledger_captures),
-        thousands(verdict.ledger_voids),
-        thousands(verdict.ledger_expiries)
-    );
-    let _ = writeln!(
-        out,
-        "  {} amount_held is back to 0",
-        mark(verdict.holds_released)
-    );
-    let _ = writeln!(
-        out,
-        "  {} audit: {}, {}",
-        mark(verdict.audit_ok),
-        plural(verdict.audit_enrollments, "enrollment", "enrollments"),
-        plural(verdict.audit_entries, "ledger entry", "ledger entries")
-    );
-    if verdict.refused > 0 || verdict.unknown_remaining > 0 {
-        let _ = writeln!(
-            out,
-            "  FAIL {} steps refused, {} of unknown outcome",
-            thousands(verdict.refused),
-            thousands(verdict.unknown_remaining)
-        );
-    }
-    for problem in &verdict.problems {
-        let _ = writeln!(out, "       {problem}");
-    }
-    out
 }
 
 #[cfg(test)]

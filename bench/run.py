@@ -11,6 +11,10 @@ Cases (each measured --runs times, interleaved, so noise spreads evenly):
      payments table, synchronous=FULL) from 100 threads on one row
   5. bursar on PostgreSQL, 100 clients, one hot enrollment (skipped with
      --skip-postgres)
+  6. bursar, SQLite, 100 clients, one hot enrollment, checkout flows: each
+     a hold of a small amount then its capture (`load-test --holds
+     --void-percent 0 --expire-percent 0`, so every flow is hold + capture
+     and no run waits for expiry); its figure is flows/s, two requests each
 
 Cases 1-3 run `bursar load-test --spawn` (a private `bursar serve` on a
 temporary SQLite file, synchronous=FULL); the load generator and the server
@@ -20,7 +24,7 @@ PostgreSQL database and points `bursar load-test` at it.
 Usage, from the repository root:
 
   cargo build --release -p bursar -p bursar-bench
-  python3 bench/run.py [--duration 10] [--runs 3] [--postgres URL] [--skip-postgres]
+  python3 bench/run.py [--duration 10] [--runs 3] [--postgres URL] [--skip-postgres] [--only 1,6]
 
 It prints a Markdown table of medians (payments/s, p50, p99, server peak
 RSS) with ratios, ready for BENCHMARKS.md, and every run's raw figures.
@@ -54,6 +58,24 @@ def load_test(arguments, duration, clients=100):
         "p99_ms": report["latency_ms"]["p99"],
         "rss_mib": (report["server"].get("peak_rss_bytes") or 0) / 2**20,
         "verdict": report["verdict"]["ok"] if isinstance(report["verdict"], dict) else report["verdict"],
+    }
+
+
+def checkout_load_test(arguments, duration, clients=100):
+    """A `load-test --holds` run; its "payments" are checkout flows."""
+    command = [BURSAR, "load-test", "--holds", "--clients", str(clients), "--duration", str(duration), "--json"]
+    output = subprocess.run(command + arguments, check=False, capture_output=True, text=True)
+    if output.returncode != 0:
+        sys.stderr.write(output.stderr)
+        raise SystemExit(f"load-test failed: {' '.join(command + arguments)}")
+    report = json.loads(output.stdout)
+    return {
+        "payments_per_second": report["throughput"]["checkout_flows_per_second"],
+        "p50_ms": report["latency_ms"]["request"]["p50"],
+        "p99_ms": report["latency_ms"]["request"]["p99"],
+        "flow_p50_ms": report["latency_ms"]["flow"]["p50"],
+        "rss_mib": (report["server"].get("peak_rss_bytes") or 0) / 2**20,
+        "verdict": report["verdict"]["ok"],
     }
 
 
@@ -112,6 +134,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3, help="measurements per case (default 3)")
     parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--only", help="comma-separated case numbers to measure, e.g. 1,6 (default: all)")
     arguments = parser.parse_args()
 
     cases = [
@@ -127,6 +150,12 @@ def main():
     if not arguments.skip_postgres:
         cases.append(("5. bursar PostgreSQL, 100 clients, 1 hot enrollment, 1 payment/request",
                       lambda: postgres_case(arguments.postgres, arguments.duration)))
+    cases.append(("6. bursar SQLite, 100 clients, 1 hot enrollment, checkout flows (hold + capture)",
+                  lambda: checkout_load_test(["--spawn", "--void-percent", "0", "--expire-percent", "0"],
+                                             arguments.duration)))
+    if arguments.only:
+        wanted = {number.strip() for number in arguments.only.split(",")}
+        cases = [case for case in cases if case[0].split(".")[0] in wanted]
 
     results = {name: [] for name, _ in cases}
     for run in range(arguments.runs):
@@ -142,20 +171,29 @@ def main():
         values = [result[field] for result in results[name] if result[field] is not None]
         return statistics.median(values) if values else None
 
-    case1 = median(cases[0][0], "payments_per_second")
-    baseline = median(cases[3][0], "payments_per_second")
+    def case_median(number):
+        named = [name for name, _ in cases if name.startswith(f"{number}.")]
+        return median(named[0], "payments_per_second") if named else None
+
+    case1 = case_median(1)
+    baseline = case_median(4)
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}: {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
           f"{arguments.runs} runs of {arguments.duration:g} s per case, medians\n")
-    print("| case | payments/s | p50 ms | p99 ms | server peak RSS MiB | vs case 1 | vs plain SQLite | verdicts |")
+    print("| case | payments/s (case 6: flows/s) | p50 ms | p99 ms | server peak RSS MiB | vs case 1 | vs plain SQLite | verdicts |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for name, _ in cases:
         throughput = median(name, "payments_per_second")
         rss = median(name, "rss_mib")
         verdicts = "all OK" if all(result["verdict"] for result in results[name]) else "FAILED"
         print(f"| {name} | {throughput:,.0f} | {median(name, 'p50_ms'):.2f} | {median(name, 'p99_ms'):.2f} | "
-              f"{'' if rss is None else f'{rss:.0f}'} | {throughput / case1:.2f}x | {throughput / baseline:.1f}x | {verdicts} |")
+              f"{'' if rss is None else f'{rss:.0f}'} | {ratio(throughput, case1, 2)} | {ratio(throughput, baseline, 1)} | {verdicts} |")
     print("\nEvery run: " + json.dumps(results))
+
+
+def ratio(value, reference, digits):
+    return f"{value / reference:.{digits}f}x" if reference else ""
+
 
 
 if __name__ == "__main__":

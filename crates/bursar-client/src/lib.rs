@@ -732,6 +732,71 @@ impl<C: Clock> Client<C> {
         .await
     }
 
+    /// `POST …/holds`: reserve part of the due before charging a card. The
+    /// answer's `entry.seq` names the hold (its `hold_seq`).
+    pub async fn hold(
+        &self,
+        enrollment: &EnrollmentKey,
+        idempotency_key: &IdempotencyKey,
+        request: &HoldRequest,
+    ) -> Outcome<Accepted> {
+        self.operation(
+            enrollment,
+            "/holds",
+            idempotency_key,
+            request,
+            parse_accepted,
+        )
+        .await
+    }
+
+    /// `POST …/holds/{hold_seq}/capture`: turn an open hold into a payment.
+    /// A hold that was captured, voided or has expired is refused with
+    /// `HOLD_NOT_OPEN`.
+    pub async fn capture(
+        &self,
+        enrollment: &EnrollmentKey,
+        hold_seq: u64,
+        idempotency_key: &IdempotencyKey,
+        request: &CaptureRequest,
+    ) -> Outcome<Accepted> {
+        self.operation(
+            enrollment,
+            &format!("/holds/{hold_seq}/capture"),
+            idempotency_key,
+            request,
+            parse_accepted,
+        )
+        .await
+    }
+
+    /// `POST …/holds/{hold_seq}/void`: release an open hold.
+    pub async fn void(
+        &self,
+        enrollment: &EnrollmentKey,
+        hold_seq: u64,
+        idempotency_key: &IdempotencyKey,
+    ) -> Outcome<Accepted> {
+        self.operation(
+            enrollment,
+            &format!("/holds/{hold_seq}/void"),
+            idempotency_key,
+            &EmptyRequest {},
+            parse_accepted,
+        )
+        .await
+    }
+
+    /// `GET …/holds`: the enrollment's open holds, by `hold_seq`.
+    pub async fn holds(&self, enrollment: &EnrollmentKey) -> Outcome<Vec<OpenHold>> {
+        self.get(
+            self.enrollment_url(enrollment, "/holds"),
+            parse_json::<HoldsBody>,
+        )
+        .await
+        .map(|body| body.holds)
+    }
+
     /// `GET …/ledger?after=&limit=`: at most `limit` entries with
     /// `seq > after`, oldest first.
     pub async fn ledger(

@@ -3,10 +3,10 @@
 //! validated exactly as the server validates it.
 
 use bursar_core::{
-    AccessPolicy, Amount, CourseId, Currency, Enrollment, EnrollmentKey, IdempotencyKey,
-    LedgerEntry, Price, Reason, Reference, UserId,
+    AccessPolicy, Amount, CourseId, Currency, Enrollment, EnrollmentKey, HoldAmount, HoldExpiry,
+    IdempotencyKey, LedgerEntry, Price, Reason, Reference, Timestamp, UserId,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// `PUT /v1/users/{user_id}/courses/{course_id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,6 +67,106 @@ pub struct RefundRequest {
 pub struct ChargeRequest {
     pub amount: Amount,
     pub reason: Reason,
+}
+
+/// `POST …/holds`: reserve part of the due before a card is charged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// A given amount, or all of `amount_available`.
+    pub amount: HoldAmount,
+    /// The server's default is 900 seconds.
+    pub expires_in: Option<HoldExpiry>,
+    /// The processor's id of the checkout, e.g. a PaymentIntent.
+    pub reference: Option<Reference>,
+}
+
+impl HoldRequest {
+    /// A hold of `amount`, with the server's default life.
+    pub fn amount(amount: Amount) -> HoldRequest {
+        HoldRequest {
+            amount: HoldAmount::Amount(amount),
+            expires_in: None,
+            reference: None,
+        }
+    }
+
+    /// A hold of all of `amount_available`, with the server's default life.
+    pub fn remaining() -> HoldRequest {
+        HoldRequest {
+            amount: HoldAmount::Remaining,
+            expires_in: None,
+            reference: None,
+        }
+    }
+}
+
+/// The wire form of a hold: `{"amount": N}` or `{"remaining": true}`.
+#[derive(Serialize)]
+struct HoldWire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<HoldExpiry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Reference>,
+}
+
+impl Serialize for HoldRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (amount, remaining) = match self.amount {
+            HoldAmount::Amount(amount) => (Some(amount), None),
+            HoldAmount::Remaining => (None, Some(true)),
+        };
+        HoldWire {
+            amount,
+            remaining,
+            expires_in: self.expires_in,
+            reference: self.reference.as_ref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `POST …/holds/{hold_seq}/capture`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct CaptureRequest {
+    /// The server's default is the whole hold; the rest is released.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+    /// The processor's charge id; the server's default is the hold's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// A `capture` operation of `/v1/batch`: the hold and the route's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchCaptureRequest {
+    pub hold_seq: u64,
+    #[serde(flatten)]
+    pub capture: CaptureRequest,
+}
+
+/// A `void` operation of `/v1/batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchVoidRequest {
+    pub hold_seq: u64,
+}
+
+/// One open hold, as `GET …/holds` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct OpenHold {
+    /// The `seq` of the hold's `HOLD` entry, which names it.
+    pub hold_seq: u64,
+    pub amount: i64,
+    pub expires_at: Timestamp,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HoldsBody {
+    pub holds: Vec<OpenHold>,
 }
 
 /// The body of `complete` and `cancel`: `{}`.
@@ -176,6 +276,9 @@ pub enum BatchCommand {
     Charge(ChargeRequest),
     Complete(EmptyRequest),
     Cancel(EmptyRequest),
+    Hold(HoldRequest),
+    Capture(BatchCaptureRequest),
+    Void(BatchVoidRequest),
 }
 
 /// How much each result of a batch carries.
@@ -340,6 +443,50 @@ mod tests {
             serde_json::to_value(&request).unwrap(),
             json!({"operations": [{"user_id": "u1", "course_id": "c1", "kind": "pay_remaining",
                    "body": {}, "idempotency_key": "k2"}], "detail": "summary"})
+        );
+    }
+
+    #[test]
+    fn holds_serialize_as_the_server_reads_them() {
+        let enrollment = EnrollmentKey {
+            user_id: UserId::parse("u1").unwrap(),
+            course_id: CourseId::parse("c1").unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_value(HoldRequest::remaining()).unwrap(),
+            json!({"remaining": true})
+        );
+        let hold = HoldRequest {
+            amount: HoldAmount::Amount(Amount::new(250).unwrap()),
+            expires_in: Some(HoldExpiry::from_seconds(30).unwrap()),
+            reference: Some(Reference::parse("pi_1").unwrap()),
+        };
+        assert_eq!(
+            serde_json::to_value(&hold).unwrap(),
+            json!({"amount": 250, "expires_in": 30, "reference": "pi_1"})
+        );
+        let key = Some(IdempotencyKey::parse("k1").unwrap());
+        let capture = BatchOperation::new(
+            &enrollment,
+            key.clone(),
+            BatchCommand::Capture(BatchCaptureRequest {
+                hold_seq: 7,
+                capture: CaptureRequest::default(),
+            }),
+        );
+        assert_eq!(
+            serde_json::to_value(&capture).unwrap(),
+            json!({"user_id": "u1", "course_id": "c1", "kind": "capture",
+                   "body": {"hold_seq": 7}, "idempotency_key": "k1"})
+        );
+        let void = BatchOperation::new(
+            &enrollment,
+            key,
+            BatchCommand::Void(BatchVoidRequest { hold_seq: 7 }),
+        );
+        assert_eq!(
+            serde_json::to_value(&void).unwrap()["body"],
+            json!({"hold_seq": 7})
         );
     }
 

@@ -6,13 +6,14 @@ use axum::extract::{Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use bursar_client::{
-    BatchCommand, BatchDetail, BatchOperation, BatchRequest, ChargeRequest, Client,
-    CreateTokenRequest, CreditRequest, EnrollRequest, Enrolled, Outcome, PayRemainingRequest,
-    PaymentRequest, RefundRequest, RetryPolicy,
+    BatchCaptureRequest, BatchCommand, BatchDetail, BatchOperation, BatchRequest, BatchVoidRequest,
+    CaptureRequest, ChargeRequest, Client, CreateTokenRequest, CreditRequest, EnrollRequest,
+    Enrolled, HoldRequest, Outcome, PayRemainingRequest, PaymentRequest, RefundRequest,
+    RetryPolicy,
 };
 use bursar_core::{
     Amount, CourseId, Currency, EnrollmentKey, EntryKind, IdempotencyKey, PaymentStatus, Price,
-    Reason, UserId,
+    Reason, Reference, UserId,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -395,6 +396,182 @@ async fn tokens_are_made_listed_and_revoked() {
     assert_eq!((status, code.as_str()), (401, "UNAUTHENTICATED"));
     let (status, code) = refused_code(admin.revoke_token("tok_nothing/here").await);
     assert_eq!((status, code.as_str()), (404, "NOT_FOUND"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_are_opened_listed_captured_and_voided_once() {
+    let (app, _dir) = open_app().await;
+    let base = serve(app).await;
+    let client = client(&base);
+    let course = enrollment("student-h", "rust-101");
+    assert!(client.enroll(&course, &terms(10_000)).await.is_succeeded());
+
+    // Two tabs: the first holds the whole balance, the second is refused
+    // before any card is charged.
+    let hold = HoldRequest {
+        reference: Some(Reference::parse("pi_tab_1").unwrap()),
+        ..HoldRequest::remaining()
+    };
+    let Outcome::Succeeded(held) = client.hold(&course, &key("tab-1"), &hold).await else {
+        panic!("the first tab's hold is accepted");
+    };
+    assert_eq!(held.entry.kind, EntryKind::Hold);
+    let hold_seq = held.entry.seq;
+    assert_eq!(held.entry.hold_seq, Some(hold_seq));
+    assert_eq!(held.enrollment.amount_held, 10_000);
+    assert_eq!(held.enrollment.amount_available, 0);
+    assert_eq!(
+        refused_code(
+            client
+                .hold(&course, &key("tab-2"), &HoldRequest::remaining())
+                .await
+        ),
+        (409, "NOTHING_DUE".to_owned())
+    );
+    // The same key replays the same hold.
+    let again = client.hold(&course, &key("tab-1"), &hold).await;
+    let Outcome::Succeeded(again) = again else {
+        panic!("a replayed hold answers as before, got {again:?}");
+    };
+    assert!(again.replayed);
+    assert_eq!(again.entry.seq, hold_seq);
+
+    let open = client
+        .holds(&course)
+        .await
+        .succeeded()
+        .expect("the open holds");
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].hold_seq, hold_seq);
+    assert_eq!(open[0].amount, 10_000);
+    assert_eq!(
+        open[0].reference.as_ref().map(|r| r.as_str()),
+        Some("pi_tab_1")
+    );
+    assert_eq!(Some(open[0].expires_at), held.entry.expires_at);
+
+    // Capture part of it: the rest is released.
+    let capture = CaptureRequest {
+        amount: Some(amount(6_000)),
+        reference: Some(Reference::parse("ch_1").unwrap()),
+    };
+    let Outcome::Succeeded(captured) = client
+        .capture(&course, hold_seq, &key("capture-1"), &capture)
+        .await
+    else {
+        panic!("the capture is accepted");
+    };
+    assert_eq!(captured.entry.kind, EntryKind::Capture);
+    assert_eq!(captured.entry.hold_seq, Some(hold_seq));
+    assert_eq!(captured.enrollment.amount_paid, 6_000);
+    assert_eq!(captured.enrollment.amount_held, 0);
+    assert_eq!(captured.enrollment.amount_due, 4_000);
+    // A second capture with another key is refused; the first one's key
+    // replays it.
+    assert_eq!(
+        refused_code(
+            client
+                .capture(
+                    &course,
+                    hold_seq,
+                    &key("capture-2"),
+                    &CaptureRequest::default()
+                )
+                .await
+        ),
+        (409, "HOLD_NOT_OPEN".to_owned())
+    );
+    let replayed = client
+        .capture(&course, hold_seq, &key("capture-1"), &capture)
+        .await
+        .succeeded()
+        .expect("the same capture replays");
+    assert!(replayed.replayed);
+    assert_eq!(replayed.entry.seq, captured.entry.seq);
+    assert_eq!(
+        refused_code(client.void(&course, hold_seq, &key("void-late")).await),
+        (409, "HOLD_NOT_OPEN".to_owned())
+    );
+    assert!(client.holds(&course).await.succeeded().unwrap().is_empty());
+
+    // A hold voided gives its amount back.
+    let Outcome::Succeeded(second) = client
+        .hold(&course, &key("tab-3"), &HoldRequest::amount(amount(1_500)))
+        .await
+    else {
+        panic!("a hold of part of the rest is accepted");
+    };
+    assert_eq!(second.enrollment.amount_available, 2_500);
+    assert_eq!(
+        refused_code(
+            client
+                .capture(
+                    &course,
+                    second.entry.seq,
+                    &key("too-much"),
+                    &CaptureRequest {
+                        amount: Some(amount(1_501)),
+                        reference: None,
+                    },
+                )
+                .await
+        ),
+        (422, "CAPTURE_EXCEEDS_HOLD".to_owned())
+    );
+    let voided = client
+        .void(&course, second.entry.seq, &key("void-1"))
+        .await
+        .succeeded()
+        .expect("the void is accepted");
+    assert_eq!(voided.entry.kind, EntryKind::Void);
+    assert_eq!(voided.enrollment.amount_held, 0);
+    assert_eq!(voided.enrollment.amount_available, 4_000);
+    assert_eq!(
+        refused_code(client.void(&course, 999, &key("void-none")).await),
+        (404, "HOLD_NOT_FOUND".to_owned())
+    );
+    assert_eq!(
+        refused_code(client.holds(&enrollment("nobody", "rust-101")).await),
+        (404, "ENROLLMENT_NOT_FOUND".to_owned())
+    );
+
+    // The batch kinds: a hold, its capture, and a void of a captured hold.
+    let op = |name: &str, command| BatchOperation::new(&course, Some(key(name)), command);
+    let batch = client
+        .batch(&BatchRequest {
+            operations: vec![
+                op("b-hold", BatchCommand::Hold(HoldRequest::remaining())),
+                op("b-void", BatchCommand::Void(BatchVoidRequest { hold_seq })),
+            ],
+            detail: BatchDetail::Full,
+        })
+        .await
+        .succeeded()
+        .expect("the batch is answered");
+    let batch_hold = batch.results[0].accepted().expect("the batch hold");
+    assert_eq!(batch_hold.enrollment.amount_held, 4_000);
+    assert_eq!(batch.results[1].error_code(), Some("HOLD_NOT_OPEN"));
+    let batch = client
+        .batch(&BatchRequest {
+            operations: vec![op(
+                "b-capture",
+                BatchCommand::Capture(BatchCaptureRequest {
+                    hold_seq: batch_hold.entry.seq,
+                    capture: CaptureRequest::default(),
+                }),
+            )],
+            detail: BatchDetail::Summary,
+        })
+        .await
+        .succeeded()
+        .expect("the batch is answered");
+    assert_eq!(batch.results[0].status, 201, "{batch:?}");
+    let done = client.enrollment(&course).await.succeeded().unwrap();
+    assert_eq!(done.amount_paid, 10_000);
+    assert_eq!(done.amount_due, 0);
+    assert_eq!(done.payment_status, PaymentStatus::Completed);
+    let audit = client.audit().await.succeeded().expect("the audit");
+    assert!(audit.ok, "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,6 +290,98 @@ async fn bad_arguments_and_a_missing_token_are_refused_plainly() {
     assert!(run.stderr.contains("--token"), "{}", run.stderr);
 }
 
+/// Checkout flows from twenty clients over two enrollments: holds captured,
+/// voided and left to expire, each ended exactly once, and nothing held
+/// after the run's wait for expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_flows_capture_each_hold_once_and_release_the_rest() {
+    let run = load_test(&[
+        "--spawn",
+        "--json",
+        "--holds",
+        "--clients",
+        "20",
+        "--payments",
+        "200",
+        "--enrollments",
+        "2",
+        "--void-percent",
+        "20",
+        "--expire-percent",
+        "10",
+        "--seed",
+        "11",
+    ])
+    .await;
+    let report = &run.report;
+    assert_eq!(run.code, Some(0), "{report:#}\n{}", run.stderr);
+    let verdict = &report["verdict"];
+    assert_eq!(verdict["ok"], true, "{report:#}");
+    for check in [
+        "amounts_match",
+        "captured_once",
+        "holds_released",
+        "audit_ok",
+    ] {
+        assert_eq!(verdict[check], true, "{check}: {report:#}");
+    }
+    assert_eq!(verdict["problems"], serde_json::json!([]));
+    assert_eq!(count(report, "/flows/started"), 200);
+    assert_eq!(count(report, "/flows/finished"), 200);
+    let (captured, voided, expiring) = (
+        count(report, "/flows/captured"),
+        count(report, "/flows/voided"),
+        count(report, "/flows/left_to_expire"),
+    );
+    assert_eq!(captured + voided + expiring, 200);
+    // With seed 11 every ending occurs.
+    assert!(captured > 0 && voided > 0 && expiring > 0, "{report:#}");
+    assert_eq!(count(report, "/verdict/ledger_captures"), captured);
+    assert_eq!(count(report, "/verdict/ledger_voids"), voided);
+    assert_eq!(count(report, "/verdict/ledger_expiries"), expiring);
+    // Two ENROLL entries, then a HOLD and one ending per flow.
+    assert_eq!(count(report, "/verdict/audit_entries"), 2 + 2 * 200);
+    // Holds left to expire live 30 s; the run waited for them.
+    assert!(
+        report["expiry_wait_seconds"].as_f64() >= Some(25.0),
+        "{report:#}"
+    );
+    let amount = count(report, "/flows/captured_amount");
+    assert!(
+        (100 * captured..=10_000 * captured).contains(&amount),
+        "{amount}"
+    );
+    assert!(report["throughput"]["checkout_flows_per_second"].as_f64() > Some(0.0));
+    assert_eq!(
+        count(report, "/latency_ms/flow/requests"),
+        200,
+        "one flow latency per finished flow"
+    );
+    assert_eq!(count(report, "/errors/unknown"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_arguments_are_checked() {
+    let run = load_test(&["--spawn", "--holds", "--batch-size", "5"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--holds"), "{}", run.stderr);
+    let run = load_test(&[
+        "--spawn",
+        "--holds",
+        "--void-percent",
+        "60",
+        "--expire-percent",
+        "50",
+    ])
+    .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("at most 100"), "{}", run.stderr);
+    // The shares mean nothing without --holds.
+    let run = load_test(&["--spawn", "--void-percent", "10"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--holds"), "{}", run.stderr);
+}
+
 /// Applies every payment, but answers every seventh one with a 500 instead
 /// of its 201: the client cannot tell whether it was applied.
 async fn lose_every_seventh_answer(

@@ -10,6 +10,10 @@
 //! amount. A retry therefore always resends the identical request, and the
 //! verdict can recompute what each acknowledged key should have paid.
 
+mod holds;
+mod report;
+mod spawn;
+
 use anyhow::{Context, bail};
 use bursar_client::retry::splitmix64;
 use bursar_client::{
@@ -23,16 +27,19 @@ use bursar_core::{
 use bursar_server::writer::QUEUE_OPERATIONS_MAX;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+pub(crate) use report::plural;
+use report::{
+    ConfigReport, ErrorsReport, PaymentsReport, Report, RequestsReport, ServerReport,
+    ThroughputReport, latency_report, render, thousands,
+};
 use serde::{Deserialize, Serialize};
+use spawn::SpawnedServer;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Clients of a run of single payments given no `--clients`.
 const CLIENTS_DEFAULT: u32 = 100;
@@ -97,7 +104,8 @@ pub struct LoadTestArgs {
     /// measures the server instead of overflowing its queue.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     clients: Option<u32>,
-    /// Payments to make in all (the default is 10,000).
+    /// Payments to make in all (the default is 10,000); with --holds,
+    /// checkout flows.
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     payments: Option<u64>,
     /// Pay for this many seconds instead of a number of payments.
@@ -126,6 +134,20 @@ pub struct LoadTestArgs {
     /// Print the report as one JSON document on stdout, and no progress bar.
     #[arg(long)]
     json: bool,
+    /// Run checkout flows instead of single payments: hold an amount, then
+    /// capture it; a share is voided and a share left to expire (the run
+    /// then waits 30 s for those to expire before its verdict).
+    #[arg(long)]
+    holds: bool,
+    /// With --holds: the share of holds voided instead of captured.
+    #[arg(long, default_value_t = holds::VOID_PERCENT_DEFAULT, requires = "holds",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    void_percent: u8,
+    /// With --holds: the share of holds left to expire (opened with the
+    /// shortest life, 30 s).
+    #[arg(long, default_value_t = holds::EXPIRE_PERCENT_DEFAULT, requires = "holds",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    expire_percent: u8,
 }
 
 /// What every payment of the run is: derived, never stored.
@@ -785,222 +807,6 @@ async fn verify(shared: &Arc<Shared>, acknowledged_runs: &Runs, unknown_remainin
     }
 }
 
-/// A private `bursar serve`: this very executable, on a SQLite file in a
-/// temporary directory that goes when it is dropped.
-struct SpawnedServer {
-    child: tokio::process::Child,
-    pid: u32,
-    base: String,
-    token: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SpawnedServer {
-    async fn start() -> anyhow::Result<SpawnedServer> {
-        let executable = std::env::current_exe().context("cannot find the bursar executable")?;
-        let dir = tempfile::Builder::new()
-            .prefix("bursar-load-test-")
-            .tempdir()
-            .context("failed to make a temporary directory")?;
-        let database = dir.path().join("bursar.db");
-        let log = dir.path().join("serve.log");
-        let log_file = std::fs::File::create(&log).context("failed to create the server log")?;
-        let token = bursar_server::auth::generate_token();
-        let mut child = tokio::process::Command::new(executable)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-            .arg(format!("sqlite://{}", database.display()))
-            .env("BURSAR_ADMIN_TOKEN", &token)
-            .env_remove("BURSAR_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .context("failed to start bursar serve")?;
-        let pid = child.id().context("bursar serve exited at once")?;
-        let stdout = child.stdout.take().context("no stdout from bursar serve")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = tokio::time::Instant::now() + SPAWN_DEADLINE;
-        let base = loop {
-            let line = tokio::time::timeout_at(deadline, lines.next_line())
-                .await
-                .map_err(|_| anyhow::anyhow!("bursar serve did not start listening in time"))?
-                .context("cannot read the output of bursar serve")?;
-            match line {
-                Some(line) => {
-                    if let Some(address) = line.strip_prefix("bursar listening on ") {
-                        break address.trim().to_owned();
-                    }
-                }
-                None => bail!(
-                    "bursar serve exited before listening; its log:\n{}",
-                    log_tail(&log)
-                ),
-            }
-        };
-        // Keep reading, so that the server never writes into a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(SpawnedServer {
-            child,
-            pid,
-            base,
-            token,
-            log,
-            _dir: dir,
-        })
-    }
-
-    /// The server's peak resident memory so far (`VmHWM`), in bytes.
-    fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-        let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kilobytes * 1024)
-    }
-
-    /// Asks the server to stop (SIGTERM: it drains its queue) and waits; kills
-    /// it if it has not stopped in time.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let pid = i32::try_from(self.pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .context("bad server pid")?;
-        if rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
-            && let Ok(status) = tokio::time::timeout(SPAWN_DEADLINE, self.child.wait()).await
-        {
-            let status = status.context("failed to wait for bursar serve")?;
-            if !status.success() {
-                bail!(
-                    "bursar serve stopped with {status}; its log:\n{}",
-                    log_tail(&self.log)
-                );
-            }
-            return Ok(());
-        }
-        self.child
-            .kill()
-            .await
-            .context("failed to kill bursar serve")?;
-        bail!("bursar serve did not stop on SIGTERM and was killed")
-    }
-}
-
-fn log_tail(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-#[derive(Serialize)]
-struct Report {
-    ok: bool,
-    config: ConfigReport,
-    /// The load alone: from the first request to the last answer.
-    elapsed_seconds: f64,
-    throughput: ThroughputReport,
-    payments: PaymentsReport,
-    requests: RequestsReport,
-    latency_ms: LatencyReport,
-    errors: ErrorsReport,
-    server: ServerReport,
-    verdict: Verdict,
-}
-
-#[derive(Serialize)]
-struct ConfigReport {
-    url: String,
-    spawned: bool,
-    clients: u32,
-    payments: Option<u64>,
-    duration_seconds: Option<f64>,
-    enrollments: u32,
-    batch_size: u32,
-    duplicate_percent: u8,
-    amount_min: i64,
-    amount_max: i64,
-    seed: u64,
-    run_id: String,
-}
-
-#[derive(Serialize)]
-struct ThroughputReport {
-    acknowledged_payments_per_second: f64,
-    requests_per_second: f64,
-}
-
-#[derive(Serialize)]
-struct PaymentsReport {
-    /// Payments sent during the load.
-    sent: u64,
-    /// Acknowledged during the load (the throughput counts these).
-    acknowledged: u64,
-    refused: u64,
-    /// Of unknown outcome when the load ended.
-    unknown_after_load: u64,
-    /// Of those, acknowledged or refused when resent with the same key.
-    reconciled_acknowledged: u64,
-    reconciled_refused: u64,
-    /// Acknowledged in all, and their sum in minor units.
-    acknowledged_total: u64,
-    acknowledged_amount: i64,
-    /// Answers marked `Idempotent-Replayed` (or `replayed` in a batch): the
-    /// duplicates' second answers.
-    replayed: u64,
-}
-
-#[derive(Serialize)]
-struct RequestsReport {
-    sent: u64,
-    /// Extra copies sent at the same time as the original.
-    duplicates: u64,
-}
-
-#[derive(Serialize)]
-struct LatencyReport {
-    requests: u64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p99_9: f64,
-    max: f64,
-    mean: f64,
-}
-
-#[derive(Serialize)]
-struct ErrorsReport {
-    /// Payments refused, by code (after any reconciling).
-    refused: BTreeMap<String, u64>,
-    /// Payments whose outcome is still unknown, and one reason why.
-    unknown: u64,
-    unknown_reason: Option<String>,
-    /// Attempts retried by the client, by cause.
-    retried_unavailable: u64,
-    retried_timeouts: u64,
-    retried_connection_errors: u64,
-}
-
-#[derive(Serialize)]
-struct ServerReport {
-    url: String,
-    spawned: bool,
-    /// With --spawn: the server's peak resident memory (VmHWM).
-    peak_rss_bytes: Option<u64>,
-}
-
-fn latency_report(histogram: &Histogram<u64>) -> LatencyReport {
-    let millis = |micros: u64| micros as f64 / 1000.0;
-    LatencyReport {
-        requests: histogram.len(),
-        p50: millis(histogram.value_at_quantile(0.50)),
-        p90: millis(histogram.value_at_quantile(0.90)),
-        p99: millis(histogram.value_at_quantile(0.99)),
-        p99_9: millis(histogram.value_at_quantile(0.999)),
-        max: millis(histogram.max()),
-        mean: histogram.mean() / 1000.0,
-    }
-}
-
 fn fresh_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1018,6 +824,9 @@ fn check_args(args: &LoadTestArgs) -> anyhow::Result<()> {
     }
     if args.amount_min > args.amount_max {
         bail!("--amount-min must not exceed --amount-max");
+    }
+    if args.holds {
+        holds::check_args(args)?;
     }
     if let Some(duration) = args.duration
         && !(duration > 0.0 && duration <= 86_400.0)
@@ -1206,7 +1015,7 @@ pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
     };
     // An interrupted run still stops the server it started.
     let outcome = tokio::select! {
-        outcome = load(&args, seed, &base, token, spawned.as_ref()) => outcome,
+        outcome = perform(&args, seed, &base, token, spawned.as_ref()) => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
     if let Some(server) = spawned {
@@ -1215,26 +1024,63 @@ pub async fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
             eprintln!("bursar load-test: {error:#}");
         }
     }
-    let report = outcome?;
+    let finished = outcome?;
+    let (ok, json, text) = match &finished {
+        Finished::Payments(report) => (
+            report.ok,
+            serde_json::to_string_pretty(report)?,
+            render(report),
+        ),
+        Finished::Checkout(report) => (
+            report.ok,
+            serde_json::to_string_pretty(report)?,
+            holds::render(report),
+        ),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{json}");
     } else {
-        print!("{}", render(&report));
+        print!("{text}");
     }
-    Ok(if report.ok {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-async fn load(
+/// The report of either kind of run.
+enum Finished {
+    Payments(Box<Report>),
+    Checkout(Box<holds::Report>),
+}
+
+async fn perform(
     args: &LoadTestArgs,
     seed: u64,
     base: &str,
     token: Option<String>,
     spawned: Option<&SpawnedServer>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Finished> {
+    let (client, run_id, enrollments) = set_up(args, seed, base, token).await?;
+    Ok(if args.holds {
+        Finished::Checkout(Box::new(
+            holds::load(args, seed, client, run_id, enrollments, spawned).await?,
+        ))
+    } else {
+        Finished::Payments(Box::new(
+            load(args, seed, base, client, run_id, enrollments, spawned).await?,
+        ))
+    })
+}
+
+/// The run's client, its id, and its enrollments, created.
+async fn set_up(
+    args: &LoadTestArgs,
+    seed: u64,
+    base: &str,
+    token: Option<String>,
+) -> anyhow::Result<(Client, String, Vec<EnrollmentKey>)> {
     let clients = args.clients() as usize;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1262,7 +1108,20 @@ async fn load(
         })
         .collect::<Vec<_>>();
     create_enrollments(&client, &enrollments).await?;
+    Ok((client, run_id, enrollments))
+}
 
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    args: &LoadTestArgs,
+    seed: u64,
+    base: &str,
+    client: Client,
+    run_id: String,
+    enrollments: Vec<EnrollmentKey>,
+    spawned: Option<&SpawnedServer>,
+) -> anyhow::Result<Report> {
+    let clients = args.clients() as usize;
     let payments = match (args.payments, args.duration) {
         (Some(payments), _) => Some(payments),
         (None, Some(_)) => None,
@@ -1399,204 +1258,6 @@ async fn load(
         },
         verdict,
     })
-}
-
-/// `1234567` as `1,234,567`.
-pub(crate) fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut text = String::with_capacity(digits.len() + digits.len() / 3);
-    for (position, digit) in digits.chars().enumerate() {
-        if position > 0 && (digits.len() - position).is_multiple_of(3) {
-            text.push(',');
-        }
-        text.push(digit);
-    }
-    text
-}
-
-pub(crate) fn plural(count: u64, one: &str, many: &str) -> String {
-    format!(
-        "{} {}",
-        thousands(count),
-        if count == 1 { one } else { many }
-    )
-}
-
-/// The report for a person to read.
-fn render(report: &Report) -> String {
-    let mut out = String::new();
-    let config = &report.config;
-    let amount = match (config.payments, config.duration_seconds) {
-        (Some(payments), _) => plural(payments, "payment", "payments"),
-        (None, Some(seconds)) => format!("payments for {seconds} s"),
-        (None, None) => String::new(),
-    };
-    let per_request = if config.batch_size == 1 {
-        "one payment per request".to_owned()
-    } else {
-        format!(
-            "batches of {} (/v1/batch)",
-            thousands(u64::from(config.batch_size))
-        )
-    };
-    let _ = writeln!(
-        out,
-        "bursar load-test: {} clients, {amount} into {}, {per_request}, {}% sent twice",
-        thousands(u64::from(config.clients)),
-        plural(u64::from(config.enrollments), "enrollment", "enrollments"),
-        config.duplicate_percent
-    );
-    let _ = writeln!(
-        out,
-        "server           {}{}",
-        report.server.url,
-        if report.server.spawned {
-            " (spawned: bursar serve on a temporary SQLite file)"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        out,
-        "run              {} (seed {})",
-        config.run_id, config.seed
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "throughput       {} acknowledged payments/s ({} in {:.3} s)",
-        thousands(report.throughput.acknowledged_payments_per_second.round() as u64),
-        thousands(report.payments.acknowledged),
-        report.elapsed_seconds
-    );
-    let _ = writeln!(
-        out,
-        "requests         {} sent ({}/s), {} of them duplicates; {} payments answered as replays",
-        thousands(report.requests.sent),
-        thousands(report.throughput.requests_per_second.round() as u64),
-        thousands(report.requests.duplicates),
-        thousands(report.payments.replayed)
-    );
-    let latency = &report.latency_ms;
-    let _ = writeln!(
-        out,
-        "latency          of {} requests, in ms, retries included",
-        thousands(latency.requests)
-    );
-    for (name, value) in [
-        ("p50", latency.p50),
-        ("p90", latency.p90),
-        ("p99", latency.p99),
-        ("p99.9", latency.p99_9),
-        ("max", latency.max),
-    ] {
-        let _ = writeln!(out, "  {name:<6} {value:>10.3}");
-    }
-    let payments = &report.payments;
-    let _ = writeln!(
-        out,
-        "payments         {} sent: {} acknowledged, {} refused, {} unknown at the end of the load",
-        thousands(payments.sent),
-        thousands(payments.acknowledged),
-        thousands(payments.refused),
-        thousands(payments.unknown_after_load)
-    );
-    if payments.unknown_after_load > 0 {
-        let _ = writeln!(
-            out,
-            "                 resent with their keys: {} acknowledged, {} refused, {} still unknown",
-            thousands(payments.reconciled_acknowledged),
-            thousands(payments.reconciled_refused),
-            thousands(report.errors.unknown)
-        );
-    }
-    let errors = &report.errors;
-    let retried = [
-        ("retried after 502/503/504", errors.retried_unavailable),
-        ("retried after a timeout", errors.retried_timeouts),
-        (
-            "retried after a connection error",
-            errors.retried_connection_errors,
-        ),
-    ];
-    if errors.refused.is_empty()
-        && errors.unknown == 0
-        && retried.iter().all(|(_, count)| *count == 0)
-    {
-        let _ = writeln!(out, "errors           none");
-    } else {
-        let _ = writeln!(out, "errors           by code");
-        for (code, count) in &errors.refused {
-            let _ = writeln!(
-                out,
-                "  {code:<34} {:>10}  payments refused",
-                thousands(*count)
-            );
-        }
-        if errors.unknown > 0 {
-            let _ = writeln!(
-                out,
-                "  {:<34} {:>10}  payments ({})",
-                "UNKNOWN",
-                thousands(errors.unknown),
-                errors.unknown_reason.as_deref().unwrap_or("no answer")
-            );
-        }
-        for (what, count) in retried.iter().filter(|(_, count)| *count > 0) {
-            let _ = writeln!(out, "  {what:<34} {:>10}  attempts", thousands(*count));
-        }
-    }
-    if let Some(bytes) = report.server.peak_rss_bytes {
-        let _ = writeln!(
-            out,
-            "server memory    peak RSS {:.1} MiB",
-            bytes as f64 / (1024.0 * 1024.0)
-        );
-    }
-    let verdict = &report.verdict;
-    let mark = |ok: bool| if ok { "ok  " } else { "FAIL" };
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "verdict          {}",
-        if verdict.ok { "OK" } else { "FAILED" }
-    );
-    let _ = writeln!(
-        out,
-        "  {} amount_paid of {} equals the sum of its acknowledged payments ({} minor units in all)",
-        mark(verdict.amounts_match),
-        plural(
-            verdict.enrollments_checked,
-            "enrollment",
-            "each of the enrollments"
-        ),
-        thousands(payments.acknowledged_amount.max(0) as u64)
-    );
-    let _ = writeln!(
-        out,
-        "  {} the ledger holds each of {} acknowledged keys exactly once ({} payment entries)",
-        mark(verdict.ledger_keys_once),
-        thousands(payments.acknowledged_total),
-        thousands(verdict.ledger_payments)
-    );
-    let _ = writeln!(
-        out,
-        "  {} audit: {}, {}",
-        mark(verdict.audit_ok),
-        plural(verdict.audit_enrollments, "enrollment", "enrollments"),
-        plural(verdict.audit_entries, "ledger entry", "ledger entries")
-    );
-    if verdict.unknown_remaining > 0 {
-        let _ = writeln!(
-            out,
-            "  FAIL {} payments of unknown outcome",
-            thousands(verdict.unknown_remaining)
-        );
-    }
-    for problem in &verdict.problems {
-        let _ = writeln!(out, "       {problem}");
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! README's "Checkout without double charges" story, run as written: the
+//! `sh` blocks between `<!-- checkout:begin -->` and `<!-- checkout:end -->`,
+//! pasted in order into one shell against a real server (its address and
+//! token put in place of `http://127.0.0.1:8080` and the token placeholder).
+
+use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Generous: the story sleeps 32 s for a hold to expire, on a busy machine.
+const STORY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The token placeholder the README's story exports.
+const TOKEN_PLACEHOLDER: &str = "bursar_5f0c…";
+
+/// The `sh` blocks of README's checkout section, joined in order.
+fn story() -> String {
+    let readme = include_str!("../../../../README.md");
+    let begin = readme
+        .find("<!-- checkout:begin -->")
+        .expect("README marks where the checkout story begins");
+    let end = readme[begin..]
+        .find("<!-- checkout:end -->")
+        .expect("README marks where the checkout story ends")
+        + begin;
+    let mut script = String::new();
+    let mut rest = &readme[begin..end];
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + "```sh\n".len()..];
+        let close = body.find("```").expect("every sh block is closed");
+        script.push_str(&body[..close]);
+        rest = &body[close + 3..];
+    }
+    assert!(script.contains(TOKEN_PLACEHOLDER), "{script}");
+    script
+}
+
+async fn the_checkout_story_in_the_readme_runs_as_written(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let script = story()
+        .replace("http://127.0.0.1:8080", &app.base)
+        .replace(TOKEN_PLACEHOLDER, ADMIN_TOKEN);
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .args(["-euo", "pipefail", "-c", &script])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(STORY_DEADLINE, command.output())
+        .await
+        .expect("the story finished in time")
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // Every outcome the story tells of, in its order.
+    let told = [
+        r#""kind":"HOLD""#,
+        r#""code":"NOTHING_DUE""#,
+        r#""kind":"CAPTURE""#,
+        r#""state":"CAPTURED""#,
+        r#""kind":"VOID""#,
+        r#""kind":"EXPIRE""#,
+        r#""state":"EXPIRED""#,
+    ];
+    let mut from = 0;
+    for outcome in told {
+        let at = stdout[from..]
+            .find(outcome)
+            .unwrap_or_else(|| panic!("{outcome} after byte {from} of:\n{stdout}"));
+        from += at + outcome.len();
+    }
+
+    // What the story left: carol paid once, by one capture; dave paid
+    // nothing and has nothing held.
+    let carol = app.enrollment("carol", "rust-101").await;
+    assert_eq!(carol["amount_paid"], 10_000, "{carol}");
+    assert_eq!(carol["amount_held"], 0, "{carol}");
+    let captures = app
+        .ledger("carol", "rust-101")
+        .await
+        .into_iter()
+        .filter(|entry| entry["kind"] == "CAPTURE")
+        .count();
+    assert_eq!(captures, 1);
+    let dave = app.enrollment("dave", "rust-101").await;
+    assert_eq!(dave["amount_paid"], 0, "{dave}");
+    assert_eq!(dave["amount_held"], 0, "{dave}");
+    assert_eq!(dave["amount_available"], 10_000, "{dave}");
+    let kinds: Vec<String> = app
+        .ledger("dave", "rust-101")
+        .await
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(kinds, ["ENROLL", "HOLD", "VOID", "HOLD", "EXPIRE"]);
+    app.assert_audit_clean().await;
+}
+
+crate::conformance!(the_checkout_story_in_the_readme_runs_as_written);

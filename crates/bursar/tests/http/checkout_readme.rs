@@ -3,55 +3,12 @@
 //! pasted in order into one shell against a real server (its address and
 //! token put in place of `http://127.0.0.1:8080` and the token placeholder).
 
-use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
-use std::process::Stdio;
-use std::time::Duration;
-
-/// Generous: the story sleeps 32 s for a hold to expire, on a busy machine.
-const STORY_DEADLINE: Duration = Duration::from_secs(120);
-
-/// The token placeholder the README's story exports.
-const TOKEN_PLACEHOLDER: &str = "bursar_5f0c…";
-
-/// The `sh` blocks of README's checkout section, joined in order.
-fn story() -> String {
-    let readme = include_str!("../../../../README.md");
-    let begin = readme
-        .find("<!-- checkout:begin -->")
-        .expect("README marks where the checkout story begins");
-    let end = readme[begin..]
-        .find("<!-- checkout:end -->")
-        .expect("README marks where the checkout story ends")
-        + begin;
-    let mut script = String::new();
-    let mut rest = &readme[begin..end];
-    while let Some(start) = rest.find("```sh\n") {
-        let body = &rest[start + "```sh\n".len()..];
-        let close = body.find("```").expect("every sh block is closed");
-        script.push_str(&body[..close]);
-        rest = &body[close + 3..];
-    }
-    assert!(script.contains(TOKEN_PLACEHOLDER), "{script}");
-    script
-}
+use crate::helpers::{Backend, TestApp};
+use crate::readme::{readme_story, run_story};
 
 async fn the_checkout_story_in_the_readme_runs_as_written(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let script = story()
-        .replace("http://127.0.0.1:8080", &app.base)
-        .replace(TOKEN_PLACEHOLDER, ADMIN_TOKEN);
-    let mut command = tokio::process::Command::new("bash");
-    command
-        .args(["-euo", "pipefail", "-c", &script])
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(STORY_DEADLINE, command.output())
-        .await
-        .expect("the story finished in time")
-        .expect("run bash");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = run_story(&readme_story("checkout", &app)).await;
     // Every outcome the story tells of, in its order.
     let told = [
         r#""kind":"HOLD""#,

@@ -1,20 +1,33 @@
 //! The README's walkthrough runs as written: its shell blocks, pasted in
 //! order into bash against a real server (only the address and the token
 //! are replaced), succeed, refuse exactly what the story says they refuse,
-//! and leave the balances the story tells.
+//! and leave the balances the story tells. Also home of the story runner
+//! the checkout story shares.
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
 use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
 
-/// The shell blocks between the walkthrough markers of README.md, in order.
-fn walkthrough() -> String {
+/// The address and token placeholders the README's stories use.
+const URL_PLACEHOLDER: &str = "http://127.0.0.1:8080";
+const TOKEN_PLACEHOLDER: &str = "bursar_5f0c…";
+
+/// Generous: a story may sleep for a hold to expire, on a busy machine.
+const STORY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The `sh` blocks of README.md between `<!-- {section}:begin -->` and
+/// `<!-- {section}:end -->`, joined in order, with `app`'s address and the
+/// admin token in place of the placeholders.
+pub(crate) fn readme_story(section: &str, app: &TestApp) -> String {
     let readme = include_str!("../../../../README.md");
     let begin = readme
-        .find("<!-- walkthrough:begin -->")
-        .expect("README.md marks where the walkthrough begins");
-    let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("README.md marks where the walkthrough ends");
+        .find(&format!("<!-- {section}:begin -->"))
+        .unwrap_or_else(|| panic!("README.md marks where the {section} story begins"));
+    let end = readme[begin..]
+        .find(&format!("<!-- {section}:end -->"))
+        .unwrap_or_else(|| panic!("README.md marks where the {section} story ends"))
+        + begin;
     let mut script = String::new();
     let mut in_block = false;
     for line in readme[begin..end].lines() {
@@ -28,30 +41,40 @@ fn walkthrough() -> String {
             _ => {}
         }
     }
+    assert!(
+        script.contains(URL_PLACEHOLDER) && script.contains(TOKEN_PLACEHOLDER),
+        "the {section} story names the server and the token: {script}"
+    );
     script
+        .replace(URL_PLACEHOLDER, &app.base)
+        .replace(TOKEN_PLACEHOLDER, ADMIN_TOKEN)
+}
+
+/// Runs a story in `bash -euo pipefail`, as a reader's shell would stop at
+/// the first failing command; returns what it printed.
+pub(crate) async fn run_story(script: &str) -> String {
+    let mut command = tokio::process::Command::new("bash");
+    command
+        .args(["-euo", "pipefail", "-c", script])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(STORY_DEADLINE, command.output())
+        .await
+        .expect("the story finished in time")
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the story failed:\n{stdout}\n{stderr}"
+    );
+    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_as_written() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let script = walkthrough()
-        .replace("http://127.0.0.1:8080", &app.base)
-        .replace("bursar_5f0c…", ADMIN_TOKEN);
-    assert!(
-        script.contains(&app.base),
-        "the walkthrough names the server"
-    );
-    let output = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .output()
-        .await
-        .expect("run bash");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the walkthrough failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_story(&readme_story("walkthrough", &app)).await;
     assert_eq!(
         stdout.matches("\"code\":\"").count(),
         1,

@@ -36,9 +36,10 @@ pub struct CreatedToken {
 pub struct CreateTokenRequest {
     /// `reader`, `writer` or `admin`.
     pub role: String,
-    /// `3600s`, `90m`, `12h`, `30d`; `None`: the token does not expire.
+    /// Seconds the token lives, 1 to 315,360,000; `None`: it does not
+    /// expire.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in: Option<String>,
+    pub expires_in: Option<u64>,
 }
 
 #[derive(Deserialize)]

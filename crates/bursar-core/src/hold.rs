@@ -77,8 +77,10 @@ impl Serialize for HoldExpiry {
 impl<'de> Deserialize<'de> for HoldExpiry {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // As for amounts: integers only, so `900.0` and `"900"` are refused.
-        let seconds = i128::deserialize(deserializer)?;
-        HoldExpiry::from_seconds(seconds).map_err(serde::de::Error::custom)
+        // Through `i64`, not `i128`: serde_json reads an `i128` by a path of
+        // its own that answers a fraction with a syntax error.
+        let seconds = i64::deserialize(deserializer)?;
+        HoldExpiry::from_seconds(i128::from(seconds)).map_err(serde::de::Error::custom)
     }
 }
 

@@ -32,8 +32,10 @@ pub fn parse_lifetime(text: &str) -> Result<u64, String> {
             text.chars().take(32).collect::<String>()
         )
     };
-    let unit_at = text.len().checked_sub(1).ok_or_else(explain)?;
-    let (digits, unit) = text.split_at(unit_at);
+    // The unit is the last character, whatever its width: a lifetime is
+    // typed by people, and `12hé` must be refused, not split mid-character.
+    let unit_width = text.chars().next_back().ok_or_else(explain)?.len_utf8();
+    let (digits, unit) = text.split_at(text.len() - unit_width);
     let unit_seconds: u64 = match unit {
         "s" => 1,
         "m" => 60,
@@ -66,11 +68,11 @@ pub fn expiry_after(now: Timestamp, seconds: u64) -> Timestamp {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenBody {
     pub role: Role,
-    /// How long the token lives, as a whole number and a unit: `3600s`,
-    /// `90m`, `12h`, `30d` (at most 3650 days). Without it the token does
-    /// not expire.
-    #[schema(pattern = "^[0-9]{1,10}[smhd]$", example = "30d")]
-    pub expires_in: Option<String>,
+    /// How long the token lives, in seconds: 1 to 315,360,000 (3,650
+    /// days), like every `expires_in` of the API. Without it the token does
+    /// not expire. (The command line also takes `30d`, `12h`, `90m`.)
+    #[schema(minimum = 1, maximum = 315_360_000, example = 2_592_000)]
+    pub expires_in: Option<u64>,
 }
 
 /// A token as listed: never its secret, never its hash.
@@ -154,12 +156,15 @@ pub async fn create_token(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateTokenBody>,
 ) -> Result<Response, ApiError> {
-    let lifetime_seconds = body
-        .expires_in
-        .as_deref()
-        .map(parse_lifetime)
-        .transpose()
-        .map_err(ApiError::invalid)?;
+    let lifetime_seconds = match body.expires_in {
+        Some(seconds) if !(1..=TOKEN_LIFETIME_SECONDS_MAX).contains(&seconds) => {
+            return Err(ApiError::invalid(format!(
+                "expires_in must be a whole number of seconds from 1 to {TOKEN_LIFETIME_SECONDS_MAX} \
+                 (3,650 days); got {seconds}"
+            )));
+        }
+        other => other,
+    };
     let made = make_token(&state.store, body.role, lifetime_seconds).await?;
     state.auth.invalidate();
     tracing::info!(id = %made.record.id, role = %made.record.role, "API token created");
@@ -249,6 +254,9 @@ mod tests {
             "1w",
             "h1",
             "99999999999999999999d",
+            "8õV\u{104ed3}",
+            "12hé",
+            "é",
         ] {
             assert!(parse_lifetime(bad).is_err(), "{bad:?} must be refused");
         }

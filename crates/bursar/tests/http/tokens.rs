@@ -203,7 +203,7 @@ async fn a_token_revoked_elsewhere_is_refused_within_a_second(backend: Backend) 
 async fn an_expired_token_is_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let short = app
-        .make_token(json!({"role": "reader", "expires_in": "1s"}))
+        .make_token(json!({"role": "reader", "expires_in": 1}))
         .await;
     let created = bursar_core::time::parse_rfc3339(short["created_at"].as_str().expect("created"))
         .expect("RFC 3339");
@@ -215,7 +215,7 @@ async fn an_expired_token_is_refused(backend: Backend) {
         "{short}"
     );
     let long = app
-        .make_token(json!({"role": "reader", "expires_in": "12h"}))
+        .make_token(json!({"role": "reader", "expires_in": 43_200}))
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -240,7 +240,7 @@ async fn a_list_never_shows_a_secret(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let first = app.make_token(json!({"role": "admin"})).await;
     let second = app
-        .make_token(json!({"role": "reader", "expires_in": "30d"}))
+        .make_token(json!({"role": "reader", "expires_in": 2_592_000}))
         .await;
     let (status, _, text) = app
         .send(reqwest::Method::GET, "/v1/tokens", None, None)
@@ -293,16 +293,14 @@ async fn malformed_token_requests_are_refused(backend: Backend) {
             "role must be one of reader, writer, admin",
         ),
         (json!({}), "role is required"),
-        (json!({"role": "reader", "expires_in": "0s"}), "expires_in"),
-        (json!({"role": "reader", "expires_in": "1w"}), "expires_in"),
+        (json!({"role": "reader", "expires_in": 0}), "expires_in"),
+        (json!({"role": "reader", "expires_in": -1}), "expires_in"),
+        (json!({"role": "reader", "expires_in": 1.5}), "expires_in"),
         (
-            json!({"role": "reader", "expires_in": "3651d"}),
+            json!({"role": "reader", "expires_in": 315_360_001u64}),
             "expires_in",
         ),
-        (
-            json!({"role": "reader", "expires_in": 60}),
-            "expires_in must be a string",
-        ),
+        (json!({"role": "reader", "expires_in": "12h"}), "expires_in"),
         (json!({"role": "reader", "secret": "x"}), "unknown field"),
     ] {
         let (status, answer) = app

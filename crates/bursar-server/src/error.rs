@@ -50,6 +50,12 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Answered before the request body was read to its end: the rest of
+    /// the body may still be on its way, so the connection cannot carry
+    /// another request and the answer says `Connection: close`. Without it a
+    /// client could send its next request on a connection the server is
+    /// closing.
+    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -59,7 +65,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            close_connection: false,
         }
+    }
+
+    fn closing(mut self) -> ApiError {
+        self.close_connection = true;
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -94,6 +106,7 @@ impl ApiError {
             "OVERLOADED",
             "too many request bodies are being received at once; retry with the same Idempotency-Key",
         )
+        .closing()
     }
 
     /// The request body stopped arriving: nothing was done.
@@ -103,6 +116,7 @@ impl ApiError {
             "REQUEST_TIMEOUT",
             "the request body stopped arriving; nothing was done: send it again",
         )
+        .closing()
     }
 
     /// Writes fail for a storage fault (a full disk, a read-only or missing
@@ -122,6 +136,7 @@ impl ApiError {
             "PAYLOAD_TOO_LARGE",
             format!("the request body exceeds the limit of {limit_bytes} bytes"),
         )
+        .closing()
     }
 
     fn with_details(mut self, details: Value) -> ApiError {
@@ -237,6 +252,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response
@@ -371,5 +391,22 @@ mod tests {
             ready.body()["error"]["details"]["reason"],
             "the disk is full"
         );
+    }
+
+    #[test]
+    fn answers_given_before_the_body_was_read_close_the_connection() {
+        for error in [
+            ApiError::payload_too_large(1),
+            ApiError::bodies_overloaded(),
+            ApiError::body_timeout(),
+        ] {
+            let response = error.into_response();
+            assert_eq!(
+                response.headers().get(header::CONNECTION),
+                Some(&HeaderValue::from_static("close"))
+            );
+        }
+        let response = ApiError::overloaded().into_response();
+        assert!(response.headers().get(header::CONNECTION).is_none());
     }
 }

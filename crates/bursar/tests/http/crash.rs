@@ -142,7 +142,7 @@ async fn settle(client: &reqwest::Client, base: &str, attempt: &Attempt) -> (boo
 }
 
 /// Every PAYMENT entry of `u1/course` (key, amount), and its `amount_paid`.
-async fn payments_in_ledger(
+pub(crate) async fn payments_in_ledger(
     client: &reqwest::Client,
     serve: &Serve,
     course: &str,

@@ -150,6 +150,13 @@ pub struct LoadTestArgs {
     expire_percent: u8,
 }
 
+/// The amount of the `index`-th payment or hold of a run: drawn from its
+/// seed, so it is derived again whenever needed and never stored.
+pub(crate) fn drawn_amount(seed: u64, index: u64, amount_min: i64, amount_span: u64) -> i64 {
+    let drawn = splitmix64(seed ^ splitmix64(index)) % amount_span;
+    amount_min + drawn as i64
+}
+
 /// What every payment of the run is: derived, never stored.
 struct Plan {
     run_id: String,
@@ -169,8 +176,7 @@ impl Plan {
     }
 
     fn amount_of(&self, index: u64) -> i64 {
-        let drawn = splitmix64(self.seed ^ splitmix64(index)) % self.amount_span;
-        self.amount_min + drawn as i64
+        drawn_amount(self.seed, index, self.amount_min, self.amount_span)
     }
 
     fn key_of(&self, index: u64) -> IdempotencyKey {

@@ -79,8 +79,7 @@ impl Plan {
     }
 
     fn amount_of(&self, index: u64) -> i64 {
-        let drawn = splitmix64(self.seed ^ splitmix64(index)) % self.amount_span;
-        self.amount_min + drawn as i64
+        super::drawn_amount(self.seed, index, self.amount_min, self.amount_span)
     }
 
     fn ending_of(&self, index: u64) -> Ending {

@@ -3,6 +3,7 @@
 //! transaction), it decides every request in order and says what to write.
 //! Pure, like the rest of the core.
 
+use crate::event::Transitions;
 use crate::ledger::{Hash, LedgerEntry};
 use crate::operation::{Applied, Command, EnrollmentState, Rejection, Request, apply};
 use crate::{Enrollment, EnrollmentKey, IdempotencyKey, Timestamp};
@@ -49,6 +50,9 @@ pub struct BatchPlan {
     /// request's own entry comes after the `EXPIRE` entries written before
     /// it. `LedgerEntry::hold_change` says what each does to the holds.
     pub new_entries: Vec<(LedgerEntry, Hash)>,
+    /// The status transitions of each of `new_entries` (same index): what
+    /// its events are, beside its own.
+    pub transitions: Vec<Transitions>,
     /// The final state of every enrollment the batch changed.
     pub changed: Vec<EnrollmentState>,
     /// Which of `changed` did not exist before the batch.
@@ -126,6 +130,10 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                 let Ok(Applied::Entry(entry)) = apply(Some(state), &expire, now) else {
                     continue;
                 };
+                plan.transitions.push(Transitions::between(
+                    Some(&state.enrollment),
+                    &entry.enrollment,
+                ));
                 state.advance(&entry);
                 if !changed.contains(&request.key) {
                     changed.insert(request.key.clone());
@@ -165,6 +173,10 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                 Err(rejection) => Outcome::Rejected(rejection),
                 Ok(Applied::Unchanged(enrollment)) => Outcome::Unchanged(enrollment),
                 Ok(Applied::Entry(entry)) => {
+                    plan.transitions.push(Transitions::between(
+                        state.map(|state| &state.enrollment),
+                        &entry.enrollment,
+                    ));
                     match states.get_mut(&request.key) {
                         Some(state) => state.advance(&entry),
                         None => {

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod enrollment;
+pub mod event;
 pub mod hold;
 pub mod ids;
 pub mod ledger;
@@ -19,6 +20,10 @@ pub mod time;
 pub use batch::{BatchInput, BatchPlan, Outcome, StoredOperation, plan_batch};
 pub use enrollment::{
     AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
+};
+pub use event::{
+    EVENTS_PER_ENTRY_MAX, Event, EventData, EventType, Transitions, event_count, event_types,
+    events_of,
 };
 pub use hold::{
     HOLD_EXPIRES_IN_SECONDS_DEFAULT, HOLD_EXPIRES_IN_SECONDS_MAX, HOLD_EXPIRES_IN_SECONDS_MIN,

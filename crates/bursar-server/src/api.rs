@@ -467,7 +467,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// The role a route needs: reads need `reader`, writes `writer`, the audit
 /// and the tokens `admin`.
 pub fn role_needed(method: &axum::http::Method, path: &str) -> Role {
-    if path.starts_with("/v1/audit") || path.starts_with("/v1/tokens") {
+    if path.starts_with("/v1/audit")
+        || path.starts_with("/v1/tokens")
+        || path.starts_with("/v1/webhooks")
+        || path.starts_with("/v1/digest")
+    {
         Role::Admin
     } else if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
         Role::Reader

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod bodies;
 pub mod connections;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod holds;
 pub mod json_errors;
@@ -19,6 +20,7 @@ use crate::auth::Auth;
 use crate::bodies::BodyBudget;
 use crate::connections::ConnectionOptions;
 use crate::error::ApiError;
+use crate::events::FeedSignal;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::metrics::Metrics;
 use crate::writer::Writer;
@@ -55,6 +57,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Request-body bytes that may be received at once.
     pub bodies: BodyBudget,
+    /// Wakes whoever waits for new events.
+    pub feed: FeedSignal,
 }
 
 impl std::ops::Deref for AppState {
@@ -82,7 +86,9 @@ impl App {
         let store = Store::open(database_url).await?;
         let metrics = Arc::new(Metrics::default());
         let (auth, created_admin_token) = Auth::load(store.clone(), admin_token).await?;
-        let (writer, writer_task) = Writer::start(store.clone(), metrics.clone());
+        let feed = FeedSignal::default();
+        feed.watch_store(store.clone());
+        let (writer, writer_task) = Writer::start(store.clone(), metrics.clone(), feed.clone());
         Ok(App {
             state: AppState(Arc::new(Services {
                 store,
@@ -90,6 +96,7 @@ impl App {
                 auth,
                 metrics,
                 bodies: BodyBudget::default(),
+                feed,
             })),
             writer_task,
             created_admin_token,
@@ -183,6 +190,7 @@ pub fn router(state: AppState) -> Router {
             post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/audit", get(api::audit))
+        .route("/v1/events", get(events::list_events))
         .route(
             "/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -237,10 +245,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     };
     // The audit reads the whole database and changes nothing: it may take as
     // long as it needs.
-    let timeout = if route == "/v1/audit" {
-        AUDIT_TIMEOUT
-    } else {
-        REQUEST_TIMEOUT
+    // A long-poll of the feed may wait its `wait` before it reads.
+    let timeout = match route {
+        "/v1/audit" => AUDIT_TIMEOUT,
+        "/v1/events" => {
+            REQUEST_TIMEOUT + std::time::Duration::from_secs(events::EVENTS_WAIT_SECONDS_MAX)
+        }
+        _ => REQUEST_TIMEOUT,
     };
     let response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,

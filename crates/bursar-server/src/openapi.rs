@@ -47,6 +47,7 @@ pub fn document() -> &'static Value {
     DOCUMENT.get_or_init(|| {
         let mut document = ApiDoc::openapi();
         document.merge(crate::tokens::TokensDoc::openapi());
+        document.merge(crate::events::EventsDoc::openapi());
         let mut document = serde_json::to_value(document).expect("the OpenAPI document serializes");
         complete_operations(&mut document);
         close_request_objects(&mut document);

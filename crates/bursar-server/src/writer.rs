@@ -4,6 +4,7 @@
 //! same task sweeps expired holds: it asks the store which enrollments have a
 //! hold open past its `expires_at` and writes their `EXPIRE` entries.
 
+use crate::events::FeedSignal;
 use crate::metrics::Metrics;
 use bursar_core::{Command, Outcome, Request, Timestamp};
 use bursar_store::{Store, StoreError};
@@ -109,7 +110,11 @@ impl Writer {
     /// Starts the background task. It runs until every handle is dropped and
     /// the queue is empty, so a shutdown that drops the handles drains what
     /// was accepted before the task ends.
-    pub fn start(store: Store, metrics: Arc<Metrics>) -> (Writer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        feed: FeedSignal,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let permits = Arc::new(Semaphore::new(QUEUE_OPERATIONS_MAX));
         let health = Arc::new(StorageHealth::default());
@@ -119,6 +124,7 @@ impl Writer {
             metrics.clone(),
             permits.clone(),
             health.clone(),
+            feed,
         ));
         (
             Writer {
@@ -176,6 +182,7 @@ async fn run(
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     health: Arc<StorageHealth>,
+    feed: FeedSignal,
 ) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,6 +230,9 @@ async fn run(
         health.record(&result.as_ref().map(|_| ()));
         match result {
             Ok(outcomes) => {
+                // Whatever committed (the sweep's `EXPIRE` entries too) may
+                // be new events.
+                feed.notify();
                 // The sweep's own outcomes answer no one.
                 let mut outcomes = outcomes.into_iter().skip(swept);
                 for (job, size) in jobs.into_iter().zip(sizes) {

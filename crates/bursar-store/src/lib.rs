@@ -2,6 +2,7 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit and the API tokens.
 
+mod events;
 mod holds;
 mod postgres;
 mod sqlite;
@@ -15,6 +16,7 @@ use bursar_core::{
 use serde::Serialize;
 use std::path::Path;
 
+pub use events::{EVENT_SCAN_ENTRIES_MAX, EventPage, EventQuery};
 pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -205,6 +207,24 @@ impl Store {
     }
 
     /// The open holds of an enrollment, by `hold_seq`.
+    /// The events after `query.after`, oldest first: see `events.rs`.
+    pub async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.events(query).await,
+            Store::Postgres(store) => store.events(query).await,
+        }
+    }
+
+    /// The position the next event will take, as committed now: what a
+    /// waiting reader compares to learn that something was written, by this
+    /// process or another.
+    pub async fn event_head(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.event_head().await,
+            Store::Postgres(store) => store.event_head().await,
+        }
+    }
+
     pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
         match self {
             Store::Sqlite(store) => store.open_holds(key).await,

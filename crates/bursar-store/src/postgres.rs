@@ -67,6 +67,7 @@
 //!   triggers or stored procedures. Migrations serialize on a row lock in
 //!   `bursar_schema_migrations` rather than on an advisory lock.
 
+use crate::events::{self, EventPage, EventQuery};
 use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
@@ -76,7 +77,7 @@ use bursar_core::{
     AccessPolicy, AccessStatus, ChainVerifier, CourseId, Currency, Disagreement, Enrollment,
     EnrollmentKey, EnrollmentState, EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey,
     LedgerEntry, Outcome, PaymentStatus, Price, Reason, Reference, Request, StoredOperation,
-    Timestamp, UserId,
+    Timestamp, Transitions, UserId, event_count,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use rustls::client::WebPkiServerVerifier;
@@ -235,6 +236,61 @@ CREATE TABLE holds (
 
 CREATE INDEX holds_open_by_enrollment ON holds (user_id, course_id) WHERE state = 'OPEN';
 CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
+"#,
+    r#"
+-- Events (see events.rs): each entry's status transitions (1 paid in full,
+-- 2 access granted, 4 access revoked), its place in the global order, and
+-- the one-row counter positions are taken from. Entries written before get
+-- both, derived from their snapshots, in the order they were written.
+ALTER TABLE ledger ADD COLUMN transitions SMALLINT NOT NULL DEFAULT 0
+    CHECK (transitions BETWEEN 0 AND 7);
+ALTER TABLE ledger ADD COLUMN position BIGINT;
+
+UPDATE ledger SET transitions = changed.bits FROM (
+    SELECT user_id, course_id, seq,
+        (CASE WHEN paid = 'COMPLETED' AND coalesce(paid_before, '') <> 'COMPLETED' THEN 1 ELSE 0 END)
+        + (CASE WHEN access = 'GRANTED' AND coalesce(access_before, '') <> 'GRANTED' THEN 2 ELSE 0 END)
+        + (CASE WHEN access <> 'GRANTED' AND coalesce(access_before, '') = 'GRANTED' THEN 4 ELSE 0 END)
+        AS bits
+    FROM (
+        SELECT user_id, course_id, seq,
+            snapshot::jsonb ->> 'payment_status' AS paid,
+            snapshot::jsonb ->> 'access_status' AS access,
+            lag(snapshot::jsonb ->> 'payment_status')
+                OVER (PARTITION BY user_id, course_id ORDER BY seq) AS paid_before,
+            lag(snapshot::jsonb ->> 'access_status')
+                OVER (PARTITION BY user_id, course_id ORDER BY seq) AS access_before
+        FROM ledger
+    ) AS statuses
+) AS changed
+WHERE ledger.user_id = changed.user_id AND ledger.course_id = changed.course_id
+    AND ledger.seq = changed.seq AND changed.bits <> 0;
+
+UPDATE ledger SET position = placed.position FROM (
+    SELECT user_id, course_id, seq,
+        sum(events) OVER (ORDER BY created_at, user_id, course_id, seq
+            ROWS UNBOUNDED PRECEDING) - events + 1 AS position
+    FROM (
+        SELECT user_id, course_id, seq, created_at,
+            1 + (CASE WHEN kind = 'CAPTURE' THEN 1 ELSE 0 END) + (transitions & 1)
+                + ((transitions >> 1) & 1) + ((transitions >> 2) & 1) AS events
+        FROM ledger
+    ) AS counted
+) AS placed
+WHERE ledger.user_id = placed.user_id AND ledger.course_id = placed.course_id
+    AND ledger.seq = placed.seq;
+
+ALTER TABLE ledger ALTER COLUMN position SET NOT NULL;
+CREATE UNIQUE INDEX ledger_position ON ledger (position);
+
+CREATE TABLE bursar_event_positions (
+    singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+    next BIGINT NOT NULL
+);
+INSERT INTO bursar_event_positions (next)
+    SELECT coalesce(max(position + 1 + (CASE WHEN kind = 'CAPTURE' THEN 1 ELSE 0 END)
+        + (transitions & 1) + ((transitions >> 1) & 1) + ((transitions >> 2) & 1)), 1)
+    FROM ledger;
 "#,
 ];
 
@@ -975,6 +1031,16 @@ impl PostgresStore {
             .collect()
     }
 
+    pub async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        let client = self.connection().await?;
+        events::postgres::read(&client, &query).await
+    }
+
+    pub async fn event_head(&self) -> Result<u64, StoreError> {
+        let client = self.connection().await?;
+        events::postgres::head(&client).await
+    }
+
     pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
         let client = self.connection().await?;
         holds::postgres::open(&client, key).await
@@ -1235,10 +1301,10 @@ const UPDATE_ENROLLMENTS: &str = "UPDATE enrollments AS e SET amount_charged = u
 
 const INSERT_ENTRIES: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, \
      currency, idempotency_key, fingerprint, reference, reason, created_at, snapshot, \
-     prev_hash, hash, hold_seq, expires_at) \
+     prev_hash, hash, hold_seq, expires_at, position, transitions) \
      SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
      $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], \
-     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[])";
+     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::SMALLINT[])";
 
 /// One attempt at a batch: one transaction, a handful of statements.
 async fn execute_batch(
@@ -1311,7 +1377,7 @@ async fn execute_batch(
         update_enrollments(&transaction, &updated, &versions_before).await?;
     }
     if !plan.new_entries.is_empty() {
-        insert_entries(&transaction, &plan.new_entries).await?;
+        insert_entries(&transaction, &plan.new_entries, &plan.transitions).await?;
         holds::postgres::write(&transaction, &plan.new_entries).await?;
     }
     transaction.commit().await?;
@@ -1437,7 +1503,21 @@ async fn update_enrollments(
 async fn insert_entries(
     transaction: &deadpool_postgres::Transaction<'_>,
     entries: &[(LedgerEntry, Hash)],
+    transitions: &[Transitions],
 ) -> Result<(), Failure> {
+    let events: u64 = entries
+        .iter()
+        .zip(transitions)
+        .map(|((entry, _), transitions)| event_count(entry.kind, *transitions))
+        .sum();
+    let mut position = events::postgres::reserve_positions(transaction, events).await?;
+    let mut positions = Vec::with_capacity(entries.len());
+    let mut bits = Vec::with_capacity(entries.len());
+    for ((entry, _), transitions) in entries.iter().zip(transitions) {
+        positions.push(position as i64);
+        bits.push(i16::from(transitions.bits()));
+        position = events::position_after(position, entry, *transitions);
+    }
     let mut user_ids = Vec::with_capacity(entries.len());
     let mut course_ids = Vec::with_capacity(entries.len());
     let mut seqs = Vec::with_capacity(entries.len());
@@ -1493,6 +1573,8 @@ async fn insert_entries(
                 &hashes,
                 &hold_seqs,
                 &expiries,
+                &positions,
+                &bits,
             ],
         )
         .await?;
@@ -1561,7 +1643,7 @@ fn checked_state(row: &Row) -> Result<EnrollmentState, StoreError> {
 }
 
 /// The enrollment key in columns `first` and `first + 1`.
-fn row_key(row: &Row, first: usize) -> Result<EnrollmentKey, String> {
+pub(crate) fn row_key(row: &Row, first: usize) -> Result<EnrollmentKey, String> {
     let user_id: String = row.try_get(first).map_err(|error| error.to_string())?;
     let course_id: String = row.try_get(first + 1).map_err(|error| error.to_string())?;
     Ok(EnrollmentKey {
@@ -1573,7 +1655,7 @@ fn row_key(row: &Row, first: usize) -> Result<EnrollmentKey, String> {
 
 /// A ledger row (`ENTRY_COLUMNS` from column `first` on) and the fingerprint
 /// of the request that produced it.
-fn parse_entry(
+pub(crate) fn parse_entry(
     key: &EnrollmentKey,
     row: &Row,
     first: usize,

@@ -2,6 +2,7 @@
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
+use crate::events::{self, EventPage, EventQuery};
 use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
@@ -267,6 +268,50 @@ CREATE TABLE holds (
 CREATE INDEX holds_open_by_enrollment ON holds (user_id, course_id) WHERE state = 'OPEN';
 CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
 "#,
+    r#"
+-- Events (see events.rs): each entry's status transitions (1 paid in full,
+-- 2 access granted, 4 access revoked) and its place in the global order.
+-- Entries written before get both, derived from their snapshots, in the
+-- order they were written.
+ALTER TABLE ledger ADD COLUMN transitions INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ledger ADD COLUMN position INTEGER;
+
+UPDATE ledger SET transitions = changed.bits FROM (
+    SELECT user_id, course_id, seq,
+        (CASE WHEN paid = 'COMPLETED' AND coalesce(paid_before, '') <> 'COMPLETED' THEN 1 ELSE 0 END)
+        + (CASE WHEN access = 'GRANTED' AND coalesce(access_before, '') <> 'GRANTED' THEN 2 ELSE 0 END)
+        + (CASE WHEN access <> 'GRANTED' AND coalesce(access_before, '') = 'GRANTED' THEN 4 ELSE 0 END)
+        AS bits
+    FROM (
+        SELECT user_id, course_id, seq,
+            json_extract(snapshot, '$.payment_status') AS paid,
+            json_extract(snapshot, '$.access_status') AS access,
+            lag(json_extract(snapshot, '$.payment_status'))
+                OVER (PARTITION BY user_id, course_id ORDER BY seq) AS paid_before,
+            lag(json_extract(snapshot, '$.access_status'))
+                OVER (PARTITION BY user_id, course_id ORDER BY seq) AS access_before
+        FROM ledger
+    )
+) AS changed
+WHERE ledger.user_id = changed.user_id AND ledger.course_id = changed.course_id
+    AND ledger.seq = changed.seq AND changed.bits <> 0;
+
+UPDATE ledger SET position = placed.position FROM (
+    SELECT user_id, course_id, seq,
+        sum(events) OVER (ORDER BY created_at, user_id, course_id, seq
+            ROWS UNBOUNDED PRECEDING) - events + 1 AS position
+    FROM (
+        SELECT user_id, course_id, seq, created_at,
+            1 + (kind = 'CAPTURE') + (transitions & 1) + ((transitions >> 1) & 1)
+                + ((transitions >> 2) & 1) AS events
+        FROM ledger
+    )
+) AS placed
+WHERE ledger.user_id = placed.user_id AND ledger.course_id = placed.course_id
+    AND ledger.seq = placed.seq;
+
+CREATE UNIQUE INDEX ledger_position ON ledger (position);
+"#,
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -530,6 +575,15 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        self.read(move |connection| events::sqlite::read(connection, &query))
+            .await
+    }
+
+    pub async fn event_head(&self) -> Result<u64, StoreError> {
+        self.read(events::sqlite::head).await
+    }
+
     pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {
         let key = key.clone();
         self.read(move |connection| holds::sqlite::open(connection, &key))
@@ -733,10 +787,17 @@ fn execute_batch(
         }
     }
     {
+        let mut position = if plan.new_entries.is_empty() {
+            0
+        } else {
+            events::sqlite::next_position(&transaction)?
+        };
         let mut insert = transaction
             .prepare_cached(INSERT_ENTRY)
             .map_err(map_error)?;
-        for (entry, fingerprint) in &plan.new_entries {
+        for ((entry, fingerprint), transitions) in plan.new_entries.iter().zip(&plan.transitions) {
+            let entry_position = position;
+            position = events::position_after(position, entry, *transitions);
             let snapshot =
                 serde_json::to_string(&entry.enrollment).expect("an enrollment serializes");
             insert
@@ -757,6 +818,8 @@ fn execute_batch(
                     entry.hash.to_hex(),
                     entry.hold_seq.map(|seq| seq as i64),
                     entry.expires_at.map(Timestamp::unix_micros),
+                    entry_position as i64,
+                    i64::from(transitions.bits()),
                 ])
                 .map_err(map_error)?;
         }
@@ -824,8 +887,8 @@ const SELECT_ALL_ENTRIES: &str = concat!(
 
 const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
      idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, \
-     hold_seq, expires_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+     hold_seq, expires_at, position, transitions) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 /// The raw columns of an enrollment row, before validation.
 struct EnrollmentRow {
@@ -1031,6 +1094,23 @@ fn update_enrollment(
 }
 
 type EntryRow = Result<(LedgerEntry, Hash), String>;
+
+/// An entry from a row of `entry_columns!()` followed by `user_id,
+/// course_id`.
+pub(crate) fn entry_from_row(row: &Row<'_>) -> Result<LedgerEntry, StoreError> {
+    let user_id: String = row.get(14).map_err(map_error)?;
+    let course_id: String = row.get(15).map_err(map_error)?;
+    let key = EnrollmentKey {
+        user_id: UserId::parse(&user_id)
+            .map_err(|_| StoreError::Internal(format!("bad stored user_id {user_id:?}")))?,
+        course_id: CourseId::parse(&course_id)
+            .map_err(|_| StoreError::Internal(format!("bad stored course_id {course_id:?}")))?,
+    };
+    let (entry, _) = read_entry_row(&key, row)
+        .map_err(map_error)?
+        .map_err(StoreError::Internal)?;
+    Ok(entry)
+}
 
 fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryRow> {
     let seq: i64 = row.get(0)?;

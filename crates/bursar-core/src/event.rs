@@ -1,0 +1,224 @@
+//! Events: what each ledger entry tells the world. The ledger is the outbox —
+//! an event is a ledger entry seen from outside, plus the status transitions
+//! its snapshot shows against the entry before it — so this module only
+//! derives; nothing here is stored on its own.
+//!
+//! Every entry yields one or more events, in a fixed order: the entry's own
+//! (`payment.recorded`, `hold.created`, …), then `enrollment.paid_in_full`,
+//! `enrollment.access_granted`, `enrollment.access_revoked`. The entry's
+//! `position` is its first event's; the others follow it, one apart.
+
+use crate::ledger::{EntryKind, LedgerEntry};
+use crate::{AccessStatus, Enrollment, PaymentStatus};
+use serde::{Deserialize, Serialize};
+
+/// The most events one entry yields (a capture that pays in full and grants
+/// access: `payment.recorded`, `hold.captured`, `paid_in_full`,
+/// `access_granted`). Readers that look for the events after a position start
+/// this far before it.
+pub const EVENTS_PER_ENTRY_MAX: u64 = 4;
+
+/// The type of an event, as the API spells it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "enrollment.created")]
+    EnrollmentCreated,
+    #[serde(rename = "payment.recorded")]
+    PaymentRecorded,
+    #[serde(rename = "credit.recorded")]
+    CreditRecorded,
+    #[serde(rename = "refund.recorded")]
+    RefundRecorded,
+    #[serde(rename = "charge.recorded")]
+    ChargeRecorded,
+    #[serde(rename = "hold.created")]
+    HoldCreated,
+    #[serde(rename = "hold.captured")]
+    HoldCaptured,
+    #[serde(rename = "hold.voided")]
+    HoldVoided,
+    #[serde(rename = "hold.expired")]
+    HoldExpired,
+    #[serde(rename = "enrollment.completed")]
+    EnrollmentCompleted,
+    #[serde(rename = "enrollment.cancelled")]
+    EnrollmentCancelled,
+    #[serde(rename = "enrollment.paid_in_full")]
+    PaidInFull,
+    #[serde(rename = "enrollment.access_granted")]
+    AccessGranted,
+    #[serde(rename = "enrollment.access_revoked")]
+    AccessRevoked,
+}
+
+impl EventType {
+    /// Every type, in the order the contract lists them (and in which one
+    /// entry's events come).
+    pub const ALL: [EventType; 14] = [
+        EventType::EnrollmentCreated,
+        EventType::PaymentRecorded,
+        EventType::CreditRecorded,
+        EventType::RefundRecorded,
+        EventType::ChargeRecorded,
+        EventType::HoldCreated,
+        EventType::HoldCaptured,
+        EventType::HoldVoided,
+        EventType::HoldExpired,
+        EventType::EnrollmentCompleted,
+        EventType::EnrollmentCancelled,
+        EventType::PaidInFull,
+        EventType::AccessGranted,
+        EventType::AccessRevoked,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::EnrollmentCreated => "enrollment.created",
+            EventType::PaymentRecorded => "payment.recorded",
+            EventType::CreditRecorded => "credit.recorded",
+            EventType::RefundRecorded => "refund.recorded",
+            EventType::ChargeRecorded => "charge.recorded",
+            EventType::HoldCreated => "hold.created",
+            EventType::HoldCaptured => "hold.captured",
+            EventType::HoldVoided => "hold.voided",
+            EventType::HoldExpired => "hold.expired",
+            EventType::EnrollmentCompleted => "enrollment.completed",
+            EventType::EnrollmentCancelled => "enrollment.cancelled",
+            EventType::PaidInFull => "enrollment.paid_in_full",
+            EventType::AccessGranted => "enrollment.access_granted",
+            EventType::AccessRevoked => "enrollment.access_revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL
+            .into_iter()
+            .find(|event_type| event_type.as_str() == text)
+    }
+}
+
+/// The status transitions one entry made, as stored beside it (a bit each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Transitions(u8);
+
+impl Transitions {
+    const PAID_IN_FULL: u8 = 1;
+    const ACCESS_GRANTED: u8 = 2;
+    const ACCESS_REVOKED: u8 = 4;
+    pub const NONE: Transitions = Transitions(0);
+
+    /// What changed from `before` (`None` for a new enrollment) to `after`.
+    /// A new enrollment counts as unpaid and without access.
+    pub fn between(before: Option<&Enrollment>, after: &Enrollment) -> Transitions {
+        let paid = |enrollment: &Enrollment| enrollment.payment_status == PaymentStatus::Completed;
+        let granted = |enrollment: &Enrollment| enrollment.access_status == AccessStatus::Granted;
+        let mut bits = 0;
+        if paid(after) && !before.is_some_and(paid) {
+            bits |= Transitions::PAID_IN_FULL;
+        }
+        if granted(after) && !before.is_some_and(granted) {
+            bits |= Transitions::ACCESS_GRANTED;
+        }
+        if !granted(after) && before.is_some_and(granted) {
+            bits |= Transitions::ACCESS_REVOKED;
+        }
+        Transitions(bits)
+    }
+
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// `None` for bits no version of bursar writes.
+    pub fn from_bits(bits: i64) -> Option<Transitions> {
+        (0..8).contains(&bits).then_some(Transitions(bits as u8))
+    }
+
+    fn types(self) -> impl Iterator<Item = EventType> {
+        [
+            (Transitions::PAID_IN_FULL, EventType::PaidInFull),
+            (Transitions::ACCESS_GRANTED, EventType::AccessGranted),
+            (Transitions::ACCESS_REVOKED, EventType::AccessRevoked),
+        ]
+        .into_iter()
+        .filter(move |(bit, _)| self.0 & bit != 0)
+        .map(|(_, event_type)| event_type)
+    }
+}
+
+/// The events of an entry of `kind` that made `transitions`, in order.
+pub fn event_types(kind: EntryKind, transitions: Transitions) -> Vec<EventType> {
+    let own: &[EventType] = match kind {
+        EntryKind::Enroll => &[EventType::EnrollmentCreated],
+        EntryKind::Payment => &[EventType::PaymentRecorded],
+        EntryKind::Credit => &[EventType::CreditRecorded],
+        EntryKind::Refund => &[EventType::RefundRecorded],
+        EntryKind::Charge => &[EventType::ChargeRecorded],
+        EntryKind::Complete => &[EventType::EnrollmentCompleted],
+        EntryKind::Cancel => &[EventType::EnrollmentCancelled],
+        EntryKind::Hold => &[EventType::HoldCreated],
+        // A capture is a payment: it is recorded as one, then the hold closes.
+        EntryKind::Capture => &[EventType::PaymentRecorded, EventType::HoldCaptured],
+        EntryKind::Void => &[EventType::HoldVoided],
+        EntryKind::Expire => &[EventType::HoldExpired],
+    };
+    own.iter().copied().chain(transitions.types()).collect()
+}
+
+/// How many events an entry of `kind` with `transitions` yields: how far the
+/// global position moves past it.
+pub fn event_count(kind: EntryKind, transitions: Transitions) -> u64 {
+    let own = if kind == EntryKind::Capture { 2 } else { 1 };
+    own + u64::from(transitions.0.count_ones())
+}
+
+/// What an event carries: the ledger entry behind it and the enrollment as
+/// that entry left it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventData {
+    pub entry: LedgerEntry,
+    pub enrollment: Enrollment,
+}
+
+/// One event, as the feed, webhooks and the broker carry it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// `evt_` and 26 hex digits: the first 24 of the entry's hash and the
+    /// event's index within the entry. The same on every delivery.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The event's place in the one global order: increasing, never reused.
+    pub position: u64,
+    pub created_at: crate::Timestamp,
+    pub user_id: crate::UserId,
+    pub course_id: crate::CourseId,
+    /// The entry's `seq`: the order within the enrollment.
+    pub seq: u64,
+    pub data: EventData,
+}
+
+/// The events of `entry`, stored at `position` with `transitions`, in order.
+pub fn events_of(entry: &LedgerEntry, position: u64, transitions: Transitions) -> Vec<Event> {
+    let hash = entry.hash.to_hex();
+    event_types(entry.kind, transitions)
+        .into_iter()
+        .enumerate()
+        .map(|(index, event_type)| Event {
+            id: format!("evt_{}{index:02x}", &hash[..24]),
+            event_type,
+            position: position + index as u64,
+            created_at: entry.created_at,
+            user_id: entry.enrollment.user_id.clone(),
+            course_id: entry.enrollment.course_id.clone(),
+            seq: entry.seq,
+            data: EventData {
+                entry: entry.clone(),
+                enrollment: entry.enrollment.clone(),
+            },
+        })
+        .collect()
+}

@@ -222,3 +222,61 @@ pub fn events_of(entry: &LedgerEntry, position: u64, transitions: Transitions) -
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: [EntryKind; 11] = [
+        EntryKind::Enroll,
+        EntryKind::Payment,
+        EntryKind::Credit,
+        EntryKind::Refund,
+        EntryKind::Charge,
+        EntryKind::Complete,
+        EntryKind::Cancel,
+        EntryKind::Hold,
+        EntryKind::Capture,
+        EntryKind::Void,
+        EntryKind::Expire,
+    ];
+
+    #[test]
+    fn counts_match_the_types_and_stay_within_the_bound() {
+        for kind in KINDS {
+            for bits in 0..8 {
+                let transitions = Transitions::from_bits(bits).expect("bits");
+                let types = event_types(kind, transitions);
+                assert_eq!(types.len() as u64, event_count(kind, transitions));
+                // Granted and revoked never come together.
+                if bits & 6 != 6 {
+                    assert!(event_count(kind, transitions) <= EVENTS_PER_ENTRY_MAX);
+                }
+                // The entry's own events come first, the transitions after,
+                // in the contract's order.
+                let order: Vec<usize> = types
+                    .iter()
+                    .map(|t| {
+                        EventType::ALL
+                            .iter()
+                            .position(|all| all == t)
+                            .expect("known")
+                    })
+                    .collect();
+                assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{types:?}");
+            }
+        }
+        assert_eq!(Transitions::from_bits(8), None);
+        assert_eq!(Transitions::from_bits(-1), None);
+    }
+
+    #[test]
+    fn every_type_round_trips_through_its_name() {
+        for event_type in EventType::ALL {
+            assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
+            let json = serde_json::to_string(&event_type).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", event_type.as_str()));
+        }
+        assert_eq!(EventType::parse("payment"), None);
+    }
+}

@@ -187,8 +187,7 @@ pub struct EventsBody {
     pub next_after: u64,
 }
 
-/// The events after a position, oldest first; with `wait`, holds the request
-/// open until one arrives or `wait` seconds pass (reader).
+/// The events after a position, oldest first, long-polling with `wait` (reader).
 #[utoipa::path(get, path = "/v1/events",
     params(
         ("after" = Option<i64>, Query, description = "return events with a position greater than this (default 0)", minimum = 0),

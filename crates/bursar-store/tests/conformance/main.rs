@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod events;
 mod holds;
 mod model;
 mod store;

@@ -11,6 +11,7 @@ mod checkout_readme;
 mod cli;
 mod crash;
 mod disk_faults;
+mod events;
 mod holds;
 mod hostile;
 mod load_test;

@@ -341,6 +341,19 @@ mod postgres {
 
     /// Twenty tabs press "pay remaining balance" at once, spread across the
     /// three processes: exactly one pays.
+    /// Nine writers spread over the three servers while one consumer pages
+    /// through the feed from each server in turn: a batch that took lower
+    /// positions always commits before one that took higher ones, so the
+    /// consumer never steps past an event that is still to commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_feed_never_skips_while_three_servers_write() {
+        if !bursar_store::testing::postgres_available() {
+            return;
+        }
+        let cluster = Cluster::start().await;
+        crate::events::race_and_consume(&cluster.client, &cluster.bases, 9).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn twenty_tabs_pay_remaining_across_three_servers_once() {
         if !bursar_store::testing::postgres_available() {

@@ -4,7 +4,7 @@
 //! audit --digest`. What a digest is: `bursar_core::digest`.
 
 use crate::AppState;
-use crate::api::{ErrorBody, json_response};
+use crate::api::json_response;
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,11 +23,12 @@ pub const DIGEST_LOG_TARGET: &str = "bursar::digest";
 /// from the timer's limits.
 pub const DIGEST_EVERY_SECONDS_MAX: u64 = 366 * 86_400;
 
-/// A digest of the whole ledger as committed now (admin): its root commits
-/// to every entry up to `position`. Keep it outside bursar; `bursar audit
-/// --digest FILE` later proves nothing it covers was removed or changed.
-#[utoipa::path(get, path = "/v1/digest",
-    responses((status = 200, body = Digest), (status = "4XX", body = ErrorBody)),
+/// A digest of the ledger as committed now (admin).
+///
+/// Its root commits to every entry up to `position`. Keep it outside bursar;
+/// `bursar audit --digest FILE` later proves that nothing it covers was
+/// removed or changed.
+#[utoipa::path(get, path = "/v1/digest", responses((status = 200, body = Digest)),
     security(("bearer" = [])))]
 pub async fn digest(State(state): State<AppState>) -> Result<Response, ApiError> {
     let digest = state.store.digest(crate::writer::now()).await?;

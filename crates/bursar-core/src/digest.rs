@@ -174,6 +174,8 @@ pub struct DigestFold {
     findings: Vec<DigestFinding>,
     findings_found: u64,
     unreadable: u64,
+    /// Why the first unreadable row could not be read.
+    first_unreadable: Option<String>,
     unplaced: u64,
 }
 
@@ -195,6 +197,7 @@ impl DigestFold {
             findings: Vec::new(),
             findings_found: 0,
             unreadable: 0,
+            first_unreadable: None,
             unplaced: 0,
         }
     }
@@ -216,15 +219,15 @@ impl DigestFold {
         let Some(next) = self.next else {
             return;
         };
-        let before = || match &self.previous {
-            Some(previous) => format!("after {}", previous.describe()),
-            None => "at the start of the ledger".to_owned(),
-        };
+        let previous = || self.previous.as_ref().map(Previous::describe);
         if position > next {
+            let after = previous().map_or_else(
+                || "at the start of the ledger".to_owned(),
+                |previous| format!("after {previous}"),
+            );
             let problem = format!(
-                "{} missing: at least one entry deleted ({}, before {})",
+                "{} missing: at least one entry deleted ({after}, before {})",
                 range(next, position - 1),
-                before(),
                 this()
             );
             let positions = Positions {
@@ -233,11 +236,12 @@ impl DigestFold {
             };
             self.find(FindingKind::Gap, Some(positions), problem);
         } else if position < next {
+            // `next` > 1 here, so an entry was read before this one.
             let problem = format!(
                 "{} starts inside the events of the entry before it ({}, whose events end \
                  at {}): a stored position or transitions were changed",
                 this(),
-                before().trim_start_matches("after "),
+                previous().unwrap_or_default(),
                 next - 1
             );
             let positions = Positions {
@@ -287,10 +291,10 @@ impl DigestFold {
             positions,
             format!("a ledger row cannot be read: {problem}"),
         );
+        self.first_unreadable.get_or_insert(problem);
         self.unreadable += 1;
         self.entries += 1;
         self.next = None;
-        self.previous = None;
     }
 
     /// `rows` ledger rows have no position at all (only a hand-made change
@@ -302,14 +306,11 @@ impl DigestFold {
     /// The digest of the rows pushed, taken at `created_at`. Refused when a
     /// row could not be read: a digest must commit to every entry it covers.
     pub fn digest(self, created_at: Timestamp) -> Result<Digest, String> {
-        if let Some(unreadable) = self
-            .findings
-            .iter()
-            .find(|finding| finding.kind == FindingKind::Unreadable)
-        {
+        if let Some(first) = &self.first_unreadable {
             return Err(format!(
-                "cannot take a digest: {} (bursar audit names the damage)",
-                unreadable.problem
+                "cannot take a digest: {} cannot be read, the first {first} (bursar audit \
+                 names the damage)",
+                rows(self.unreadable)
             ));
         }
         Ok(Digest {
@@ -352,9 +353,13 @@ impl DigestFold {
                 FindingKind::Unplaced,
                 None,
                 format!(
-                    "{} ledger rows have no position, so no digest covers them (they were \
-                     written or changed outside bursar)",
-                    self.unplaced
+                    "{} no position, so no digest covers {} (written or changed outside \
+                     bursar)",
+                    match self.unplaced {
+                        1 => "1 ledger row has".to_owned(),
+                        many => format!("{many} ledger rows have"),
+                    },
+                    if self.unplaced == 1 { "it" } else { "them" }
                 ),
             );
         }
@@ -447,6 +452,14 @@ fn range(first: u64, last: u64) -> String {
         format!("position {first}")
     } else {
         format!("positions {first}–{last}")
+    }
+}
+
+/// `1 ledger row` or `N ledger rows`.
+fn rows(count: u64) -> String {
+    match count {
+        1 => "1 ledger row".to_owned(),
+        many => format!("{many} ledger rows"),
     }
 }
 

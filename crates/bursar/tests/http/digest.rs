@@ -21,6 +21,7 @@ crate::conformance!(
     a_deleted_enrollment_passes_the_audit_but_not_the_digest,
     an_edited_amount_is_named_by_the_chain,
     a_rewritten_entry_with_its_chain_recomputed_changes_the_root,
+    unreadable_and_unplaced_rows_are_named,
     serve_logs_a_digest_at_its_interval,
 );
 
@@ -376,6 +377,52 @@ async fn a_rewritten_entry_with_its_chain_recomputed_changes_the_root(backend: B
         findings(&report),
         [finding("root_differs", None)],
         "{report:#}"
+    );
+}
+
+async fn unreadable_and_unplaced_rows_are_named(backend: Backend) {
+    let history = history(backend).await;
+    // b/c1 seq 2 (position 4) gets a hash that is not one; on SQLite, whose
+    // position column may be NULL, c/c1's ENROLL (position 8) loses its place.
+    history.db.execute(
+        "UPDATE ledger SET hash = 'not a hash' WHERE user_id = 'b' AND course_id = 'c1' AND seq = 2",
+    );
+    let mut expected = vec![finding("unreadable", Some((4, 4)))];
+    if backend == Backend::Sqlite {
+        history.db.execute(
+            "UPDATE ledger SET position = NULL WHERE user_id = 'c' AND course_id = 'c1' AND seq = 1",
+        );
+        expected.extend([
+            finding("gap", Some((8, 8))),
+            finding("unplaced", None),
+            finding("entries_differ", None),
+            finding("enrollments_differ", None),
+        ]);
+    }
+    expected.push(finding("root_differs", None));
+    let (code, report) = audit(&history.db, Some(&history.digest)).await;
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(findings(&report), expected, "{report:#}");
+    let problems = report["digest"]["findings"].to_string();
+    assert!(
+        problems.contains("a ledger row cannot be read: b/c1 seq 2 at position 4: bad hash"),
+        "{problems}"
+    );
+    if backend == Backend::Sqlite {
+        assert!(
+            problems.contains("1 ledger row has no position, so no digest covers it"),
+            "{problems}"
+        );
+    }
+    // No digest is taken over a row that cannot be read.
+    let taken = run_bursar(&["digest", "--database", &history.db.url]).await;
+    assert_eq!(taken.code, Some(2), "{}", taken.stdout);
+    assert!(
+        taken
+            .stderr
+            .contains("cannot take a digest: 1 ledger row cannot be read, the first b/c1 seq 2"),
+        "{}",
+        taken.stderr
     );
 }
 

@@ -1,11 +1,12 @@
 //! The pure domain core of bursar: money, ids, enrollments, the operations of
 //! the contract as a pure function of state, operation and time, and the
-//! hash-chained ledger.
+//! hash-chained ledger, and the digests that commit to all of it.
 //!
 //! Nothing in this crate does I/O or reads a clock: time is passed in, so
 //! every rule here is deterministic and testable on its own.
 
 pub mod batch;
+pub mod digest;
 pub mod enrollment;
 pub mod event;
 pub mod hold;
@@ -18,6 +19,10 @@ pub mod operation;
 pub mod time;
 
 pub use batch::{BatchInput, BatchPlan, Outcome, StoredOperation, plan_batch};
+pub use digest::{
+    DIGEST_FINDINGS_MAX, Digest, DigestCheck, DigestFinding, DigestFold, DigestFound, DigestRow,
+    FindingKind, Positions, root_step,
+};
 pub use enrollment::{
     AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
 };

@@ -1,11 +1,12 @@
 //! The bursar HTTP service: the group-commit writer, the axum router, auth,
-//! metrics and the OpenAPI document.
+//! metrics, the digests and the OpenAPI document.
 
 pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod bodies;
 pub mod connections;
+pub mod digest;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -41,7 +42,8 @@ use tokio::net::TcpListener;
 /// never pays twice.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The longest `GET /v1/audit` may take; `bursar audit` has no limit.
+/// The longest `GET /v1/audit` or `GET /v1/digest` may take (both read the
+/// whole ledger); `bursar audit` and `bursar digest` have no limit.
 pub const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Everything a request handler needs. axum clones the state for every
@@ -191,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit", get(api::audit))
         .route("/v1/events", get(events::list_events))
+        .route("/v1/digest", get(digest::digest))
         .route(
             "/v1/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -243,11 +246,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         axum::http::Method::DELETE => "DELETE",
         _ => "OTHER",
     };
-    // The audit reads the whole database and changes nothing: it may take as
-    // long as it needs.
+    // The audit and the digest read the whole ledger and change nothing: they
+    // may take as long as they need.
     // A long-poll of the feed may wait its `wait` before it reads.
     let timeout = match route {
-        "/v1/audit" => AUDIT_TIMEOUT,
+        "/v1/audit" | "/v1/digest" => AUDIT_TIMEOUT,
         "/v1/events" => {
             REQUEST_TIMEOUT + std::time::Duration::from_secs(events::EVENTS_WAIT_SECONDS_MAX)
         }

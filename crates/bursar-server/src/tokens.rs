@@ -24,11 +24,18 @@ pub const TOKEN_LIFETIME_SECONDS_MAX: u64 = 3650 * 86_400;
 /// Parses a lifetime: a positive whole number and a unit, `s`, `m`, `h` or
 /// `d` (`3600s`, `90m`, `12h`, `30d`); returns it in seconds.
 pub fn parse_lifetime(text: &str) -> Result<u64, String> {
+    parse_duration(text, "expires_in", TOKEN_LIFETIME_SECONDS_MAX)
+}
+
+/// Parses a duration written as a lifetime is (`3600s`, `90m`, `12h`,
+/// `30d`), from 1 s to `max_seconds`; returns it in seconds. `what` names
+/// the setting in the error.
+pub fn parse_duration(text: &str, what: &str, max_seconds: u64) -> Result<u64, String> {
     let explain = || {
         format!(
-            "expires_in must be a whole number followed by s, m, h or d (such as 30d or 12h), \
+            "{what} must be a whole number followed by s, m, h or d (such as 30d or 12h), \
              from 1s to {} days; got {:?}",
-            TOKEN_LIFETIME_SECONDS_MAX / 86_400,
+            max_seconds / 86_400,
             text.chars().take(32).collect::<String>()
         )
     };
@@ -50,7 +57,7 @@ pub fn parse_lifetime(text: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|count| count.checked_mul(unit_seconds))
-        .filter(|seconds| (1..=TOKEN_LIFETIME_SECONDS_MAX).contains(seconds))
+        .filter(|seconds| (1..=max_seconds).contains(seconds))
         .ok_or_else(explain)
 }
 

@@ -1,7 +1,8 @@
 //! Storage for bursar: one `Store` over the backends, each applying whole
 //! batches of requests in one transaction with the batch planner of
-//! `bursar-core`, plus the reads, the audit and the API tokens.
+//! `bursar-core`, plus the reads, the audit, the digests and the API tokens.
 
+mod digest;
 mod events;
 mod holds;
 mod postgres;
@@ -10,8 +11,8 @@ pub mod testing;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{
-    Enrollment, EnrollmentKey, EnrollmentState, Hold, LedgerEntry, Outcome, Request, Timestamp,
-    UserId,
+    Digest, DigestCheck, Enrollment, EnrollmentKey, EnrollmentState, Hold, LedgerEntry, Outcome,
+    Request, Timestamp, UserId,
 };
 use serde::Serialize;
 use std::path::Path;
@@ -248,6 +249,25 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.audit().await,
             Store::Postgres(store) => store.audit().await,
+        }
+    }
+
+    /// A digest of the whole ledger as committed now, taken at `now`: one
+    /// snapshot streamed in position order (see `digest.rs`).
+    pub async fn digest(&self, now: Timestamp) -> Result<Digest, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.digest(now).await,
+            Store::Postgres(store) => store.digest(now).await,
+        }
+    }
+
+    /// Checks the ledger up to `expected.position` against a digest taken
+    /// earlier: every gap, a truncated tail, the counts and the root. Entries
+    /// after its position (later writes) are not read.
+    pub async fn check_digest(&self, expected: &Digest) -> Result<DigestCheck, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.check_digest(expected.clone()).await,
+            Store::Postgres(store) => store.check_digest(expected).await,
         }
     }
 

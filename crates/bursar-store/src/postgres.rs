@@ -68,10 +68,10 @@
 //!   `bursar_schema_migrations` rather than on an advisory lock.
 
 use crate::events::{self, EventPage, EventQuery};
-use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
+use crate::{digest, holds};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, ChainVerifier, CourseId, Currency, Disagreement, Enrollment,
@@ -1039,6 +1039,19 @@ impl PostgresStore {
     pub async fn event_head(&self) -> Result<u64, StoreError> {
         let client = self.connection().await?;
         events::postgres::head(&client).await
+    }
+
+    pub async fn digest(&self, now: Timestamp) -> Result<bursar_core::Digest, StoreError> {
+        let mut client = self.connection().await?;
+        digest::postgres::take(&mut client, now).await
+    }
+
+    pub async fn check_digest(
+        &self,
+        expected: &bursar_core::Digest,
+    ) -> Result<bursar_core::DigestCheck, StoreError> {
+        let mut client = self.connection().await?;
+        digest::postgres::check(&mut client, expected).await
     }
 
     pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {

@@ -3,10 +3,10 @@
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
 use crate::events::{self, EventPage, EventQuery};
-use crate::holds;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
+use crate::{digest, holds};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
@@ -582,6 +582,19 @@ impl SqliteStore {
 
     pub async fn event_head(&self) -> Result<u64, StoreError> {
         self.read(events::sqlite::head).await
+    }
+
+    pub async fn digest(&self, now: Timestamp) -> Result<bursar_core::Digest, StoreError> {
+        self.read(move |connection| digest::sqlite::take(connection, now))
+            .await
+    }
+
+    pub async fn check_digest(
+        &self,
+        expected: bursar_core::Digest,
+    ) -> Result<bursar_core::DigestCheck, StoreError> {
+        self.read(move |connection| digest::sqlite::check(connection, &expected))
+            .await
     }
 
     pub async fn open_holds(&self, key: &EnrollmentKey) -> Result<Vec<Hold>, StoreError> {

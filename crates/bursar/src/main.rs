@@ -1,11 +1,13 @@
-//! The `bursar` command line: `serve`, `load-test`, `audit`, `token`, `backup`,
-//! `migrate`.
+//! The `bursar` command line: `serve`, `load-test`, `audit`, `digest`,
+//! `token`, `backup`, `migrate`.
 
+mod audit;
 mod load_test;
 
 use anyhow::{Context, bail};
 use bursar_server::auth::{Role, make_token};
-use bursar_server::tokens::{TokenView, parse_lifetime};
+use bursar_server::digest::DIGEST_EVERY_SECONDS_MAX;
+use bursar_server::tokens::{TokenView, parse_duration, parse_lifetime};
 use bursar_server::{App, connections};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -133,19 +135,41 @@ enum Commands {
         log_format: LogFormat,
         #[command(flatten)]
         connections: ConnectionArgs,
+        /// Log a digest of the ledger at this interval (`30m`, `1h`, `1d`;
+        /// from 1s to 366 days): one line at info level with the target
+        /// `bursar::digest` whose message is the digest's JSON, to ship and
+        /// keep outside bursar. Each digest reads the whole ledger.
+        #[arg(long, env = "BURSAR_DIGEST_EVERY", value_name = "DURATION",
+            value_parser = parse_digest_every)]
+        digest_every: Option<u64>,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
     /// payment counts exactly once. Exits 1 if the check fails.
     LoadTest(load_test::LoadTestArgs),
     /// Replay every enrollment's ledger, verify every hash chain, and name
-    /// each disagreement. Exits 1 if there is any.
+    /// each disagreement; with --digest, also prove that every entry the
+    /// digest covers is still there, unchanged. Exits 1 if anything
+    /// disagrees.
     Audit {
         #[command(flatten)]
         database: DatabaseArgs,
         /// Print the report as one JSON document.
         #[arg(long)]
         json: bool,
+        /// A digest taken earlier (`bursar digest`, `GET /v1/digest`): name
+        /// every entry it covers that is missing (a gap in positions, a
+        /// truncated tail) and any difference in its counts or root.
+        #[arg(long, value_name = "FILE")]
+        digest: Option<PathBuf>,
+    },
+    /// Print a digest of the ledger as committed now, one line of JSON
+    /// (`{"position","entries","enrollments","root","created_at"}`): keep it
+    /// outside bursar, and check the database against it later with
+    /// `bursar audit --digest FILE`.
+    Digest {
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Make, list and revoke API tokens.
     Token {
@@ -204,6 +228,11 @@ enum TokenCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+/// `--digest-every`: a duration as token lifetimes are written.
+fn parse_digest_every(text: &str) -> Result<u64, String> {
+    parse_duration(text, "--digest-every", DIGEST_EVERY_SECONDS_MAX)
 }
 
 /// The log filter without `BURSAR_LOG`: information from bursar, and only
@@ -367,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token,
             log_format,
             connections,
+            digest_every,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -390,47 +420,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let address = listener.local_addr()?;
             println!("bursar listening on http://{address}");
             tracing::info!(%address, backend = app.state.store.backend(), "serving");
+            if let Some(seconds) = digest_every {
+                tracing::info!(every_seconds = seconds, "logging a digest of the ledger");
+                bursar_server::digest::log_digests(
+                    app.state.store.clone(),
+                    Duration::from_secs(seconds),
+                );
+            }
             app.serve(listener, shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Commands::Audit { database, json } => {
+        Commands::Audit {
+            database,
+            json,
+            digest,
+        } => {
+            // The file first: a wrong path fails before the database is read.
+            let digest = digest.as_deref().map(audit::read_digest).transpose()?;
             let store = open_existing(&database.database).await?;
-            let report = store.audit().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for problem in &report.disagreements {
-                    match problem.seq {
-                        Some(seq) => println!(
-                            "{}/{} seq {seq}: {}",
-                            problem.user_id, problem.course_id, problem.problem
-                        ),
-                        None => println!(
-                            "{}/{}: {}",
-                            problem.user_id, problem.course_id, problem.problem
-                        ),
-                    }
-                }
-                println!(
-                    "audit {}: {}, {}, {}",
-                    if report.ok { "passed" } else { "FAILED" },
-                    plural(report.enrollments, "enrollment", "enrollments"),
-                    plural(report.entries, "ledger entry", "ledger entries"),
-                    plural(
-                        report.disagreements.len() as u64,
-                        "disagreement",
-                        "disagreements"
-                    )
-                );
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            audit::audit(&store, json, digest).await
+        }
+        Commands::Digest { database } => {
+            let store = open_existing(&database.database).await?;
+            audit::take(&store).await
         }
         Commands::Token { command } => token_command(command).await,
         Commands::Backup { database, output } => {

@@ -38,6 +38,7 @@ pub(crate) fn without_bursar_env(mut command: Command) -> Command {
         "BURSAR_IDLE_TIMEOUT",
         "BURSAR_BODY_READ_TIMEOUT",
         "BURSAR_CONNECTIONS_MAX",
+        "BURSAR_DIGEST_EVERY",
     ] {
         command.env_remove(name);
     }

@@ -51,6 +51,25 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs SQL statements on the database behind bursar's back (SQLite
+    /// through rusqlite on the file, PostgreSQL through tokio-postgres), in
+    /// one transaction: for tests that tamper with stored data. Run it while
+    /// no server writes (stopped, or on a copy).
+    pub fn execute(&self, sql: &str) {
+        match (&self.path, &self._postgres) {
+            (Some(path), _) => {
+                let connection = rusqlite::Connection::open(path).expect("open the database");
+                connection
+                    .execute_batch(&format!("BEGIN; {sql}; COMMIT;"))
+                    .unwrap_or_else(|error| panic!("SQL failed: {error}: {sql}"));
+            }
+            (None, Some(postgres)) => postgres.execute(&format!("BEGIN; {sql}; COMMIT;")),
+            (None, None) => panic!("this database was handed on"),
+        }
+    }
+}
+
 /// Runs each named `async fn name(backend: Backend)` once per backend, as
 /// `sqlite::name` and `postgres::name`. Without a reachable PostgreSQL the
 /// `postgres::` tests pass without running, after one line saying how to

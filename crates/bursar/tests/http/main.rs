@@ -10,6 +10,7 @@ mod batch;
 mod checkout_readme;
 mod cli;
 mod crash;
+mod digest;
 mod disk_faults;
 mod events;
 mod holds;

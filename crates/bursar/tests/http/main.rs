@@ -21,3 +21,4 @@ mod pg_fault;
 mod readme;
 mod scenarios;
 mod tokens;
+mod webhooks;

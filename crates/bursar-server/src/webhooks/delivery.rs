@@ -292,6 +292,8 @@ struct EndpointTask {
     /// Pending heads not in flight, by when they are due.
     due: BTreeSet<(i64, u64, EnrollmentKey)>,
     in_flight: JoinSet<Done>,
+    /// What each delivery in flight is, should its task fail.
+    in_flight_ids: HashMap<tokio::task::Id, (u64, EnrollmentKey, bool, u32)>,
     /// Changes not yet written.
     unsaved_pending: BTreeMap<u64, PendingDelivery>,
     unsaved_delivered: BTreeSet<u64>,
@@ -344,6 +346,7 @@ async fn deliver_endpoint(
         pending_count: 0,
         due: BTreeSet::new(),
         in_flight: JoinSet::new(),
+        in_flight_ids: HashMap::new(),
         unsaved_pending: BTreeMap::new(),
         unsaved_delivered: BTreeSet::new(),
         unsaved_attempts: Vec::new(),
@@ -425,10 +428,7 @@ impl EndpointTask {
                 self.read().await;
             }
             self.start_deliveries();
-            let renew_at = self.renewed_at + self.shared.lease / 3;
-            if (self.unsaved() && self.last_save + PROGRESS_SAVE_INTERVAL <= Instant::now())
-                || renew_at <= Instant::now()
-            {
+            if self.next_save() <= Instant::now() {
                 match self.save(Finish::Keep).await {
                     Ok(true) => {}
                     Ok(false) => return End::Lost,
@@ -437,10 +437,37 @@ impl EndpointTask {
             }
             let wake_at = self.next_wake();
             tokio::select! {
-                done = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    if let Some(Ok(done)) = done
-                        && self.finish(done)
-                    {
+                done = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                    let done = match done {
+                        Some(Ok((id, done))) => {
+                            self.in_flight_ids.remove(&id);
+                            done
+                        }
+                        Some(Err(failure)) => match self.in_flight_ids.remove(&failure.id()) {
+                            // A bug in the delivery (a panic): counted as a
+                            // failed attempt, so it is retried on schedule.
+                            Some((position, key, from_window, attempt)) => {
+                                tracing::error!(%failure, id = %self.id, position, "a webhook delivery failed");
+                                Done {
+                                    position,
+                                    key,
+                                    from_window,
+                                    attempt: Some(DeliveryAttempt {
+                                        event_id: String::new(),
+                                        position,
+                                        attempt,
+                                        status: None,
+                                        latency_ms: 0,
+                                        error: Some("internal error; it has been logged".into()),
+                                        at: now(),
+                                    }),
+                                }
+                            }
+                            None => continue,
+                        },
+                        None => continue,
+                    };
+                    if self.finish(done) {
                         return End::Failing;
                     }
                 }
@@ -460,6 +487,19 @@ impl EndpointTask {
         }
     }
 
+    /// When the progress is next written: soon after a change, and a third
+    /// of the lease after the last renewal in any case; never sooner than
+    /// `PROGRESS_SAVE_INTERVAL` after the last try, so a database that does
+    /// not answer is not hammered.
+    fn next_save(&self) -> Instant {
+        let soonest = self.last_save + PROGRESS_SAVE_INTERVAL;
+        if self.unsaved() {
+            soonest
+        } else {
+            (self.renewed_at + self.shared.lease / 3).max(soonest)
+        }
+    }
+
     fn wants_read(&self, now_instant: Instant) -> bool {
         !self.caught_up
             && self.read_again_at.is_none_or(|at| at <= now_instant)
@@ -470,10 +510,9 @@ impl EndpointTask {
     /// The earliest moment something is due without any event: a retry,
     /// a save, a renewal, a read after a failure.
     fn next_wake(&self) -> Instant {
-        let mut wake = self.renewed_at + self.shared.lease / 3;
-        if self.unsaved() {
-            wake = wake.min(self.last_save + PROGRESS_SAVE_INTERVAL);
-        }
+        let mut wake = self
+            .next_save()
+            .min(self.renewed_at + self.shared.lease / 2);
         if let Some(at) = self.read_again_at {
             wake = wake.min(at);
         }
@@ -564,8 +603,9 @@ impl EndpointTask {
         let secret = self.key.clone();
         let target = self.target.clone();
         let connections = self.connections.clone();
-        self.in_flight.spawn(async move {
-            let from_window = matches!(source, Source::Window(_));
+        let from_window = matches!(source, Source::Window(_));
+        let described = (position, key.clone(), from_window, attempt);
+        let handle = self.in_flight.spawn(async move {
             let event = match source {
                 Source::Window(event) => event,
                 Source::Pending => match read_event(&shared.store, position).await {
@@ -613,6 +653,7 @@ impl EndpointTask {
                 }),
             }
         });
+        self.in_flight_ids.insert(handle.id(), described);
     }
 
     /// Takes a finished attempt in; `true` when the endpoint must be marked

@@ -2,18 +2,22 @@
 //! verifies every signature, as a real one would), one endpoint registered
 //! on a bursar server, payments driven over HTTP, and two figures: events
 //! delivered per second to the one endpoint, and the lag from a payment's
-//! 201 to the arrival of its `payment.recorded` webhook (p50, p99).
+//! 201 to the arrival of its `payment.recorded` webhook (p50, p99). Then
+//! the endpoint is replayed from its start, and the rate at which the same
+//! events arrive again is delivery alone, with no payment competing.
 //!
 //! Usage (from the repository root, after `cargo build --release -p bursar
 //! -p bursar-bench`):
 //!
 //!   target/release/webhook-sink [--duration 10] [--clients 32]
 //!       [--enrollments 100] [--rate 0] [--bursar target/release/bursar]
-//!       [--json]
+//!       [--no-webhook] [--json]
 //!
 //! It starts its own `bursar serve --webhooks-allow-private` on a temporary
 //! SQLite file. `--rate N` paces payments to N a second (0: as fast as the
 //! clients go): the lag then measures the pipeline rather than a backlog.
+//! `--no-webhook` registers no endpoint: the same payments alone, to see
+//! what delivery costs the write path.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -41,6 +45,8 @@ struct Options {
     rate: u64,
     bursar: String,
     json: bool,
+    /// Register no endpoint: the payments alone, as a baseline.
+    no_webhook: bool,
 }
 
 fn options() -> Options {
@@ -51,6 +57,7 @@ fn options() -> Options {
         rate: 0,
         bursar: "target/release/bursar".into(),
         json: false,
+        no_webhook: false,
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(name) = arguments.next() {
@@ -68,6 +75,7 @@ fn options() -> Options {
             "--rate" => options.rate = value().parse().expect("payments a second"),
             "--bursar" => options.bursar = value(),
             "--json" => options.json = true,
+            "--no-webhook" => options.no_webhook = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -199,20 +207,26 @@ async fn main() {
         .with_state(sink.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let created: Value = client
-        .post(format!("{}/v1/webhooks", server.base))
-        .bearer_auth(TOKEN)
-        .json(&json!({"url": hook}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("register JSON");
-    let secret = created["secret"].as_str().expect("a secret");
-    *sink.key.lock().expect("lock") = STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .expect("base64");
+    let mut webhook_id = String::new();
+    let mut started_after = 0;
+    if !options.no_webhook {
+        let created: Value = client
+            .post(format!("{}/v1/webhooks", server.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"url": hook}))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("register JSON");
+        let secret = created["secret"].as_str().expect("a secret");
+        webhook_id = created["id"].as_str().expect("an id").to_owned();
+        started_after = created["started_after"].as_u64().expect("started_after");
+        *sink.key.lock().expect("lock") = STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .expect("base64");
+    }
     for enrollment in 0..options.enrollments {
         let status = client
             .put(format!("{}/v1/users/u{enrollment}/courses/c", server.base))
@@ -226,7 +240,8 @@ async fn main() {
     }
     // Let the enrollments' own events through before measuring.
     let settle = Instant::now();
-    while sink.events.load(Ordering::Relaxed) < options.enrollments
+    while !options.no_webhook
+        && sink.events.load(Ordering::Relaxed) < options.enrollments
         && settle.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -281,11 +296,14 @@ async fn main() {
     let acknowledged = acknowledged.lock().expect("lock").clone();
     let drain = Instant::now();
     loop {
-        let arrived = sink.arrivals.lock().expect("lock").len();
-        if acknowledged
-            .keys()
-            .all(|key| sink.arrivals.lock().expect("lock").contains_key(key))
-        {
+        let arrived = {
+            let arrivals = sink.arrivals.lock().expect("lock");
+            acknowledged
+                .keys()
+                .filter(|key| arrivals.contains_key(*key))
+                .count()
+        };
+        if options.no_webhook || arrived == acknowledged.len() {
             break;
         }
         assert!(
@@ -298,7 +316,7 @@ async fn main() {
     let arrivals = sink.arrivals.lock().expect("lock").clone();
     let mut lags: Vec<Duration> = acknowledged
         .iter()
-        .map(|(key, at)| arrivals[key].saturating_duration_since(*at))
+        .filter_map(|(key, at)| Some(arrivals.get(key)?.saturating_duration_since(*at)))
         .collect();
     lags.sort();
     let last = sink
@@ -308,6 +326,39 @@ async fn main() {
         .unwrap_or(payments_done);
     let events = sink.events.load(Ordering::Relaxed) - events_before;
     let window = last.duration_since(started).as_secs_f64();
+    // Pure delivery: the same events sent again by a replay, with no
+    // payment competing for the machine.
+    let mut replay_per_second = f64::NAN;
+    if !options.no_webhook {
+        let before = sink.events.load(Ordering::Relaxed);
+        // The enrollments' own events are replayed too.
+        let replayed = events + options.enrollments;
+        let target = before + replayed;
+        let replay_started = Instant::now();
+        let (id, after) = (webhook_id.clone(), started_after);
+        let status = client
+            .post(format!("{}/v1/webhooks/{id}/replay", server.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"after": after}))
+            .send()
+            .await
+            .expect("replay")
+            .status();
+        assert!(status.is_success(), "replay: {status}");
+        while sink.events.load(Ordering::Relaxed) < target {
+            assert!(
+                replay_started.elapsed() < DRAIN_DEADLINE,
+                "the replay did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let last = sink
+            .last_arrival
+            .lock()
+            .expect("lock")
+            .unwrap_or(replay_started);
+        replay_per_second = replayed as f64 / last.duration_since(replay_started).as_secs_f64();
+    }
     let report = json!({
         "enrollments": options.enrollments,
         "clients": options.clients,
@@ -319,6 +370,7 @@ async fn main() {
         "events_delivered_per_second": events as f64 / window,
         "drain_after_payments_s": last.saturating_duration_since(payments_done).as_secs_f64(),
         "lag_ms": {"p50": percentile(&lags, 0.50), "p99": percentile(&lags, 0.99), "max": percentile(&lags, 1.0)},
+        "replay_events_per_second": replay_per_second,
         "bad_signatures": sink.bad.load(Ordering::Relaxed),
     });
     if options.json {
@@ -326,7 +378,8 @@ async fn main() {
     } else {
         println!(
             "{} enrollments, {} clients{}: {} payments ({:.0}/s), {} events delivered to one endpoint at {:.0}/s \
-             (the last {:.2} s after the payments stopped); payment 201 → webhook lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; bad signatures {}",
+             (the last {:.2} s after the payments stopped); payment 201 → webhook lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+             the same events replayed at {:.0}/s; bad signatures {}",
             options.enrollments,
             options.clients,
             if options.rate > 0 {
@@ -344,6 +397,7 @@ async fn main() {
             percentile(&lags, 0.50),
             percentile(&lags, 0.99),
             percentile(&lags, 1.0),
+            replay_per_second,
             sink.bad.load(Ordering::Relaxed),
         );
     }

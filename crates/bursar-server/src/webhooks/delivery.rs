@@ -510,6 +510,10 @@ impl EndpointTask {
     /// The earliest moment something is due without any event: a retry,
     /// a save, a renewal, a read after a failure.
     fn next_wake(&self) -> Instant {
+        if self.wants_read(Instant::now()) {
+            // More of the feed to read and room for it.
+            return Instant::now();
+        }
         let mut wake = self
             .next_save()
             .min(self.renewed_at + self.shared.lease / 2);

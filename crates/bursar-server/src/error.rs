@@ -14,11 +14,13 @@ use serde_json::{Value, json};
 #[rustfmt::skip]
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("INVALID_REQUEST", 400, "malformed JSON, wrong types, out-of-range values, unknown fields, a missing or bad `Idempotency-Key`, bad ids or query parameters"),
+    ("WEBHOOK_URL_FORBIDDEN", 400, "a webhook URL whose host is, or resolves to, a loopback, private, link-local or other internal address, while the server does not allow them (`--webhooks-allow-private`)"),
     ("UNAUTHENTICATED", 401, "no bearer token, or one that is unknown"),
     ("FORBIDDEN", 403, "the token's role may not do this"),
     ("ENROLLMENT_NOT_FOUND", 404, "no enrollment for this user and course"),
     ("HOLD_NOT_FOUND", 404, "the `hold_seq` names no hold of this enrollment"),
     ("NOT_FOUND", 404, "no such route"),
+    ("WEBHOOK_NOT_FOUND", 404, "no webhook endpoint has this id"),
     ("METHOD_NOT_ALLOWED", 405, "the route exists, the method does not"),
     ("REQUEST_TIMEOUT", 408, "the body stopped arriving for longer than the body-read timeout; nothing was done and the connection is closed"),
     ("ENROLLMENT_EXISTS", 409, "enrolling again with other terms (currency, price, access policy)"),
@@ -26,6 +28,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("NOTHING_DUE", 409, "`pay-remaining`, or a hold of the remaining balance, when nothing is available"),
     ("ENROLLMENT_CANCELLED", 409, "a money operation on a cancelled enrollment"),
     ("INVALID_TRANSITION", 409, "`complete` without access granted, `cancel` after money was paid or while a hold is open, or either when already done"),
+    ("WEBHOOK_LIMIT_REACHED", 409, "registering a webhook endpoint when 100 exist already"),
     ("HOLD_NOT_OPEN", 409, "capturing or voiding a hold that was captured, voided or has expired; `details` gives `hold_seq` and `state`"),
     ("PAYLOAD_TOO_LARGE", 413, "the body, or the number of operations of a batch, is over its limit"),
     ("OVERPAYMENT", 422, "a payment or hold above the amount available (the amount due less open holds)"),

@@ -192,7 +192,7 @@ pub struct EventsBody {
     params(
         ("after" = Option<i64>, Query, description = "return events with a position greater than this (default 0)", minimum = 0),
         ("limit" = Option<i32>, Query, description = "events to return at most: 1 to 1000 (default 100)", minimum = 1, maximum = 1000),
-        ("type" = Option<String>, Query, description = "only events of these types, comma-separated"),
+        ("type" = Option<Vec<EventType>>, Query, style = Form, explode = false, description = "only events of these types, comma-separated"),
         ("wait" = Option<i32>, Query, description = "seconds to wait for an event when none is there yet: 0 to 30 (default 0)", minimum = 0, maximum = 30),
     ),
     responses((status = 200, body = EventsBody), (status = "4XX", body = ErrorBody)),

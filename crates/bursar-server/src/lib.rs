@@ -15,6 +15,7 @@ pub mod json_errors;
 pub mod metrics;
 pub mod openapi;
 pub mod tokens;
+pub mod webhooks;
 pub mod writer;
 
 use crate::auth::Auth;
@@ -24,6 +25,7 @@ use crate::error::ApiError;
 use crate::events::FeedSignal;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::metrics::Metrics;
+use crate::webhooks::{WebhookOptions, Webhooks};
 use crate::writer::Writer;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -61,6 +63,8 @@ pub struct Services {
     pub bodies: BodyBudget,
     /// Wakes whoever waits for new events.
     pub feed: FeedSignal,
+    /// Webhook settings, and the bell of this server's delivery engine.
+    pub webhooks: Webhooks,
 }
 
 impl std::ops::Deref for AppState {
@@ -80,6 +84,8 @@ pub struct App {
     pub created_admin_token: Option<auth::NewToken>,
     /// Timeouts and the cap of the connections `serve` accepts.
     pub connections: ConnectionOptions,
+    /// Whether `serve` delivers webhooks, and how.
+    webhooks: Option<WebhookOptions>,
 }
 
 impl App {
@@ -99,11 +105,22 @@ impl App {
                 metrics,
                 bodies: BodyBudget::default(),
                 feed,
+                webhooks: Webhooks::default(),
             })),
             writer_task,
             created_admin_token,
             connections: ConnectionOptions::default(),
+            webhooks: None,
         })
+    }
+
+    /// The same service delivering webhooks while it serves (`bursar
+    /// serve` always does; without this the API still manages endpoints,
+    /// and other servers on the database deliver).
+    pub fn with_webhooks(mut self, options: WebhookOptions) -> App {
+        self.state.webhooks.set_allow_private(options.allow_private);
+        self.webhooks = Some(options);
+        self
     }
 
     /// The same service with these connection timeouts and cap.
@@ -125,7 +142,27 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
-        connections::serve(listener, router, self.connections, shutdown).await?;
+        let (stop_webhooks, stopped) = tokio::sync::watch::channel(false);
+        let engine = self.webhooks.map(|options| {
+            webhooks::delivery::start(
+                self.state.store.clone(),
+                self.state.feed.clone(),
+                self.state.metrics.clone(),
+                options,
+                self.state.webhooks.wake.clone(),
+                stopped,
+            )
+        });
+        let served = connections::serve(listener, router, self.connections, shutdown).await;
+        // Deliveries in flight are abandoned (they are sent again later);
+        // the engine only writes its progress, within its own timeout.
+        let _ = stop_webhooks.send(true);
+        if let Some(engine) = engine
+            && let Err(error) = engine.await
+        {
+            tracing::error!(%error, "the webhook engine failed");
+        }
+        served?;
         // The last handles go with the router and the state; the writer then
         // finishes its queue and stops.
         drop(self.state);
@@ -199,6 +236,16 @@ pub fn router(state: AppState) -> Router {
             get(tokens::list_tokens).post(tokens::create_token),
         )
         .route("/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route(
+            "/v1/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route("/v1/webhooks/{id}", delete(webhooks::delete_webhook))
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route("/v1/webhooks/{id}/replay", post(webhooks::replay_webhook))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -1,6 +1,6 @@
 //! Prometheus metrics, kept in atomics and rendered in the text exposition
-//! format: requests by route and status, request latency, and the writer's
-//! batch sizes, commit latency and queue depth.
+//! format: requests by route and status, request latency, the writer's
+//! batch sizes, commit latency and queue depth, and webhook attempts.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,6 +72,8 @@ pub struct Metrics {
     commit_seconds: Histogram,
     queue_operations: AtomicU64,
     overloaded: AtomicU64,
+    webhooks_delivered: AtomicU64,
+    webhooks_failed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,8 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(LATENCY_SECONDS),
             queue_operations: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            webhooks_delivered: AtomicU64::new(0),
+            webhooks_failed: AtomicU64::new(0),
         }
     }
 }
@@ -112,6 +116,16 @@ impl Metrics {
     pub fn set_queue_depth(&self, operations: usize) {
         self.queue_operations
             .store(operations as u64, Ordering::Relaxed);
+    }
+
+    /// One webhook delivery attempt, acknowledged (a 2xx) or not.
+    pub fn webhook_attempt(&self, delivered: bool) {
+        let counter = if delivered {
+            &self.webhooks_delivered
+        } else {
+            &self.webhooks_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn overloaded(&self) {
@@ -160,6 +174,12 @@ impl Metrics {
             out,
             "# HELP bursar_writer_overloaded_total Writes refused because the queue was full.\n# TYPE bursar_writer_overloaded_total counter\nbursar_writer_overloaded_total {}",
             self.overloaded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bursar_webhook_attempts_total Webhook delivery attempts by this server, by outcome.\n# TYPE bursar_webhook_attempts_total counter\nbursar_webhook_attempts_total{{outcome=\"delivered\"}} {}\nbursar_webhook_attempts_total{{outcome=\"failed\"}} {}",
+            self.webhooks_delivered.load(Ordering::Relaxed),
+            self.webhooks_failed.load(Ordering::Relaxed)
         );
         out
     }

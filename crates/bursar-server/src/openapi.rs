@@ -49,6 +49,7 @@ pub fn document() -> &'static Value {
         document.merge(crate::tokens::TokensDoc::openapi());
         document.merge(crate::events::EventsDoc::openapi());
         document.merge(crate::digest::DigestDoc::openapi());
+        document.merge(crate::webhooks::WebhooksDoc::openapi());
         let mut document = serde_json::to_value(document).expect("the OpenAPI document serializes");
         complete_operations(&mut document);
         close_request_objects(&mut document);

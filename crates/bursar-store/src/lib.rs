@@ -8,6 +8,7 @@ mod holds;
 mod postgres;
 mod sqlite;
 pub mod testing;
+mod webhooks;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{
@@ -21,6 +22,10 @@ pub use events::{EVENT_SCAN_ENTRIES_MAX, EventPage, EventQuery};
 pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use webhooks::{
+    AcquiredEndpoint, DeliveryAttempt, DeliveryProgress, EndpointState, PendingDelivery,
+    WEBHOOK_ATTEMPTS_KEPT_PER_ENDPOINT, WebhookEndpoint,
+};
 
 /// Most enrollments `enrollments_of` returns for one user: far more than any
 /// student takes, small enough for one response.

@@ -292,6 +292,49 @@ INSERT INTO bursar_event_positions (next)
         + (transitions & 1) + ((transitions >> 1) & 1) + ((transitions >> 2) & 1)), 1)
     FROM ledger;
 "#,
+    r#"
+-- Webhooks (see webhooks.rs): the endpoints with their cursor, lease and
+-- generation; the events waiting for a retry; the log of attempts, kept to
+-- the newest per endpoint.
+CREATE TABLE webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    types TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    started_after BIGINT NOT NULL,
+    cursor BIGINT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('ACTIVE', 'FAILING')),
+    failing_since BIGINT,
+    generation BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_until BIGINT NOT NULL,
+    attempts_logged BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE webhook_pending (
+    endpoint_id TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    PRIMARY KEY (endpoint_id, position)
+);
+
+CREATE TABLE webhook_attempts (
+    endpoint_id TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,
+    latency_ms BIGINT NOT NULL,
+    error TEXT,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (endpoint_id, n)
+);
+"#,
 ];
 
 /// How the connection is encrypted and whether the server is authenticated,
@@ -877,7 +920,7 @@ impl PostgresStore {
         self.options.shown()
     }
 
-    async fn connection(&self) -> Result<Object, StoreError> {
+    pub(crate) async fn connection(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
 

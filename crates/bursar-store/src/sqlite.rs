@@ -312,6 +312,49 @@ WHERE ledger.user_id = placed.user_id AND ledger.course_id = placed.course_id
 
 CREATE UNIQUE INDEX ledger_position ON ledger (position);
 "#,
+    r#"
+-- Webhooks (see webhooks.rs): the endpoints with their cursor, lease and
+-- generation; the events waiting for a retry; the log of attempts, kept to
+-- the newest per endpoint.
+CREATE TABLE webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    types TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_after INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('ACTIVE', 'FAILING')),
+    failing_since INTEGER,
+    generation INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL,
+    attempts_logged INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE webhook_pending (
+    endpoint_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, position)
+) WITHOUT ROWID;
+
+CREATE TABLE webhook_attempts (
+    endpoint_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,
+    latency_ms INTEGER NOT NULL,
+    error TEXT,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, n)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -437,8 +480,22 @@ impl SqliteStore {
         &self.inner.options.path
     }
 
+    /// Runs `work` on the writer connection, between batches, on the
+    /// blocking pool: for small writes besides the ledger's (webhook state).
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut writer)
+        })
+        .await
+    }
+
     /// Runs `work` on a pooled reader connection on the blocking pool.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use bursar_server::auth::{Role, make_token};
 use bursar_server::digest::DIGEST_EVERY_SECONDS_MAX;
 use bursar_server::tokens::{TokenView, parse_duration, parse_lifetime};
-use bursar_server::{App, connections};
+use bursar_server::{App, connections, webhooks};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
 use load_test::plural;
@@ -105,6 +105,33 @@ fn raise_fd_limit() {
     }
 }
 
+/// Webhook delivery (see README, "Webhooks").
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Let webhooks reach loopback, private (RFC 1918, fc00::/7) and
+    /// link-local addresses. Off by default, so that no token holder can
+    /// make bursar probe the internal network; for receivers inside it, or
+    /// tests on one machine.
+    #[arg(long, env = "BURSAR_WEBHOOKS_ALLOW_PRIVATE")]
+    webhooks_allow_private: bool,
+    /// Seconds a server's lease on a webhook endpoint lasts (renewed every
+    /// third of it): after a crash, another server (or this one restarted)
+    /// resumes the endpoint's deliveries within this.
+    #[arg(long, env = "BURSAR_WEBHOOKS_LEASE", value_name = "SECONDS",
+        default_value_t = webhooks::WEBHOOK_LEASE_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(2..=600))]
+    webhooks_lease: u64,
+}
+
+impl WebhookArgs {
+    fn options(&self) -> webhooks::WebhookOptions {
+        webhooks::WebhookOptions {
+            allow_private: self.webhooks_allow_private,
+            lease: Duration::from_secs(self.webhooks_lease),
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -142,6 +169,8 @@ enum Commands {
         #[arg(long, env = "BURSAR_DIGEST_EVERY", value_name = "DURATION",
             value_parser = parse_digest_every)]
         digest_every: Option<u64>,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -397,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             log_format,
             connections,
             digest_every,
+            webhooks,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -408,7 +438,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::open(&database.database, admin_token.as_deref())
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
-                .with_connections(connections.options());
+                .with_connections(connections.options())
+                .with_webhooks(webhooks.options());
+            if webhooks.webhooks_allow_private {
+                tracing::warn!(
+                    "webhooks may reach loopback, private and link-local addresses \
+                     (--webhooks-allow-private)"
+                );
+            }
             if let Some(token) = &app.created_admin_token {
                 println!(
                     "bursar: no API token was configured, so an admin token was created (id {}).",

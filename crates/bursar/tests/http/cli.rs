@@ -39,6 +39,8 @@ pub(crate) fn without_bursar_env(mut command: Command) -> Command {
         "BURSAR_BODY_READ_TIMEOUT",
         "BURSAR_CONNECTIONS_MAX",
         "BURSAR_DIGEST_EVERY",
+        "BURSAR_WEBHOOKS_ALLOW_PRIVATE",
+        "BURSAR_WEBHOOKS_LEASE",
     ] {
         command.env_remove(name);
     }

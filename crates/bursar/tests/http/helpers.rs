@@ -129,9 +129,21 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, backend: Backend) -> TestApp {
-        let app = bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
-            .await
-            .expect("open app");
+        TestApp::spawn_configured(db, backend, |app| app).await
+    }
+
+    /// A service on `db` set up by `configure` (webhook delivery, say)
+    /// before it serves.
+    pub async fn spawn_configured(
+        db: TestDb,
+        backend: Backend,
+        configure: impl FnOnce(bursar_server::App) -> bursar_server::App,
+    ) -> TestApp {
+        let app = configure(
+            bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+                .await
+                .expect("open app"),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

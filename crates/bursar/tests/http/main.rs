@@ -23,3 +23,4 @@ mod pg_fault;
 mod readme;
 mod scenarios;
 mod tokens;
+mod webhooks;

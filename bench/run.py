@@ -11,6 +11,11 @@ Cases (each measured --runs times, interleaved, so noise spreads evenly):
      payments table, synchronous=FULL) from 100 threads on one row
   5. bursar on PostgreSQL, 100 clients, one hot enrollment (skipped with
      --skip-postgres)
+  7a/7b. case 1 on a server started by `webhook-sink` (bursar serve
+     --webhooks-allow-private on a temporary SQLite file, a receiver that
+     verifies every signature on this machine): 7a with no webhook
+     endpoint, 7b with one endpoint registered that receives every event;
+     load-test drives both (`webhook-sink --load-test`)
   6. bursar, SQLite, 100 clients, one hot enrollment, checkout flows: each
      a hold of a small amount then its capture (`load-test --holds
      --void-percent 0 --expire-percent 0`, so every flow is hold + capture
@@ -43,6 +48,7 @@ import uuid
 
 BURSAR = "target/release/bursar"
 BASELINE = "target/release/sqlite-baseline"
+WEBHOOK_SINK = "target/release/webhook-sink"
 
 
 def load_test(arguments, duration, clients=100):
@@ -128,6 +134,28 @@ def postgres_case(server_url, duration):
         psql(f"{server_url}/postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
+def webhook_case(duration, endpoint):
+    """Case 1 on a server with (7b) or without (7a) one webhook endpoint."""
+    command = [WEBHOOK_SINK, "--load-test", "--clients", "100", "--enrollments", "1",
+               "--duration", str(int(duration)), "--bursar", BURSAR]
+    if not endpoint:
+        command.append("--no-webhook")
+    output = subprocess.run(command, check=False, capture_output=True, text=True)
+    if output.returncode != 0:
+        sys.stderr.write(output.stderr)
+        raise SystemExit(f"webhook-sink failed: {' '.join(command)}")
+    report = json.loads(output.stdout)
+    return {
+        "payments_per_second": report["throughput"]["acknowledged_payments_per_second"],
+        "p50_ms": report["latency_ms"]["p50"],
+        "p99_ms": report["latency_ms"]["p99"],
+        "rss_mib": None,
+        "webhooks_during_run": report["webhook_events_during_run"],
+        "verdict": (report["verdict"]["ok"] if isinstance(report["verdict"], dict) else report["verdict"])
+                   and report["webhook_bad_signatures"] == 0,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10, help="seconds per measurement (default 10)")
@@ -153,6 +181,10 @@ def main():
     cases.append(("6. bursar SQLite, 100 clients, 1 hot enrollment, checkout flows (hold + capture)",
                   lambda: checkout_load_test(["--spawn", "--void-percent", "0", "--expire-percent", "0"],
                                              arguments.duration)))
+    cases.append(("7a. bursar SQLite, case 1 on webhook-sink's server, no webhook endpoint",
+                  lambda: webhook_case(arguments.duration, False)))
+    cases.append(("7b. bursar SQLite, case 1 on webhook-sink's server, one webhook endpoint receiving every event",
+                  lambda: webhook_case(arguments.duration, True)))
     if arguments.only:
         wanted = {number.strip() for number in arguments.only.split(",")}
         cases = [case for case in cases if case[0].split(".")[0] in wanted]
@@ -175,6 +207,10 @@ def main():
         named = [name for name, _ in cases if name.startswith(f"{number}.")]
         return median(named[0], "payments_per_second") if named else None
 
+    def median_of(label):
+        named = [name for name, _ in cases if name.startswith(f"{label}.")]
+        return median(named[0], "payments_per_second") if named else None
+
     case1 = case_median(1)
     baseline = case_median(4)
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.node()}: {os.cpu_count()} cores, "
@@ -188,6 +224,9 @@ def main():
         verdicts = "all OK" if all(result["verdict"] for result in results[name]) else "FAILED"
         print(f"| {name} | {throughput:,.0f} | {median(name, 'p50_ms'):.2f} | {median(name, 'p99_ms'):.2f} | "
               f"{'' if rss is None else f'{rss:.0f}'} | {ratio(throughput, case1, 2)} | {ratio(throughput, baseline, 1)} | {verdicts} |")
+    with_endpoint, without = median_of("7b"), median_of("7a")
+    if with_endpoint and without:
+        print(f"\n7b / 7a (one webhook endpoint against none): {with_endpoint / without:.2f}x")
     print("\nEvery run: " + json.dumps(results))
 
 

@@ -18,6 +18,12 @@
 //! clients go): the lag then measures the pipeline rather than a backlog.
 //! `--no-webhook` registers no endpoint: the same payments alone, to see
 //! what delivery costs the write path.
+//!
+//! `--load-test` drives the payments with `bursar load-test --url` (its
+//! own enrollments, `--clients` of them paying into `--enrollments`) instead
+//! of the driver here, and prints load-test's JSON report with the events
+//! the endpoint received while it ran: `bench/run.py` case 7 compares that
+//! with and without an endpoint registered.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -47,6 +53,8 @@ struct Options {
     json: bool,
     /// Register no endpoint: the payments alone, as a baseline.
     no_webhook: bool,
+    /// Drive the payments with `bursar load-test` and print its report.
+    load_test: bool,
 }
 
 fn options() -> Options {
@@ -58,6 +66,7 @@ fn options() -> Options {
         bursar: "target/release/bursar".into(),
         json: false,
         no_webhook: false,
+        load_test: false,
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(name) = arguments.next() {
@@ -76,6 +85,7 @@ fn options() -> Options {
             "--bursar" => options.bursar = value(),
             "--json" => options.json = true,
             "--no-webhook" => options.no_webhook = true,
+            "--load-test" => options.load_test = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -226,6 +236,10 @@ async fn main() {
         *sink.key.lock().expect("lock") = STANDARD
             .decode(secret.trim_start_matches("whsec_"))
             .expect("base64");
+    }
+    if options.load_test {
+        run_load_test(&options, &server.base, &sink).await;
+        return;
     }
     for enrollment in 0..options.enrollments {
         let status = client
@@ -402,4 +416,25 @@ async fn main() {
         );
     }
     drop(server);
+}
+
+/// `--load-test`: the payments of `bursar load-test --url` against the
+/// server, with the endpoint (if any) registered; prints load-test's report
+/// with `webhook_events_during_run` added.
+async fn run_load_test(options: &Options, base: &str, sink: &Sink) {
+    let before = sink.events.load(Ordering::Relaxed);
+    let output = tokio::process::Command::new(&options.bursar)
+        .args(["load-test", "--url", base, "--token", TOKEN, "--json"])
+        .args(["--clients", &options.clients.to_string()])
+        .args(["--enrollments", &options.enrollments.to_string()])
+        .args(["--duration", &options.duration.as_secs().to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("run bursar load-test");
+    assert!(output.status.success(), "bursar load-test failed");
+    let mut report: Value = serde_json::from_slice(&output.stdout).expect("load-test JSON");
+    report["webhook_events_during_run"] = json!(sink.events.load(Ordering::Relaxed) - before);
+    report["webhook_bad_signatures"] = json!(sink.bad.load(Ordering::Relaxed));
+    println!("{report}");
 }

@@ -56,12 +56,25 @@ pub struct BatchInput {
 pub struct IntakeRequest {
     /// Sealed into the request's entry, inside its hash.
     pub source: Source,
-    /// Applied instead when the request names a hold that is no longer open
-    /// or does not exist (`HOLD_NOT_OPEN`, `HOLD_NOT_FOUND`): the money has
-    /// moved at the processor all the same, so the capture of a hold voided
-    /// after an earlier failed attempt, or expired, is recorded as a plain
-    /// payment when the enrollment can take it.
-    pub fallback: Option<Command>,
+    /// What to do when the request names a hold that is no longer open or
+    /// does not exist (`HOLD_NOT_OPEN`, `HOLD_NOT_FOUND`).
+    pub hold_gone: HoldGone,
+}
+
+/// What an intake request that names a hold does when the hold is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldGone {
+    /// Refused, as through the API.
+    Refuse,
+    /// Apply this instead. The money has moved at the processor all the
+    /// same, so the capture of a hold voided after an earlier failed attempt
+    /// of the same payment, or expired, is recorded as a plain payment when
+    /// the enrollment can take it.
+    Instead(Command),
+    /// Nothing to do: answered `Unchanged` with the enrollment as it is. A
+    /// void of a hold that was captured, voided or expired already has
+    /// nothing left to release.
+    Nothing,
 }
 
 /// What a batch decided and what the backend must write, in one transaction.
@@ -253,7 +266,7 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
     plan
 }
 
-/// Applies a request that no stored key answers, with its intake fallback
+/// Applies a request that no stored key answers, doing what its intake says
 /// when it names a hold that is gone; returns what was applied and the
 /// fingerprint to store under its key.
 fn decide(
@@ -262,21 +275,24 @@ fn decide(
     intake: Option<&IntakeRequest>,
     now: Timestamp,
 ) -> Result<(Applied, Hash), Rejection> {
-    match apply(state, request, now) {
+    let decided = apply(state, request, now);
+    let gone = matches!(
+        decided,
         Err(Rejection::HoldNotOpen { .. } | Rejection::HoldNotFound { .. })
-            if intake.is_some_and(|intake| intake.fallback.is_some()) =>
-        {
-            let fallback = intake
-                .and_then(|intake| intake.fallback.clone())
-                .expect("checked above");
-            let fingerprint = fallback.fingerprint();
+    );
+    match (intake.map(|intake| &intake.hold_gone), state) {
+        (Some(HoldGone::Instead(command)), _) if gone => {
             let instead = Request {
                 key: request.key.clone(),
                 idempotency_key: request.idempotency_key.clone(),
-                command: fallback,
+                command: command.clone(),
             };
-            apply(state, &instead, now).map(|applied| (applied, fingerprint))
+            apply(state, &instead, now).map(|applied| (applied, command.fingerprint()))
         }
-        decided => decided.map(|applied| (applied, request.command.fingerprint())),
+        (Some(HoldGone::Nothing), Some(state)) if gone => Ok((
+            Applied::Unchanged(state.enrollment.clone()),
+            request.command.fingerprint(),
+        )),
+        _ => decided.map(|applied| (applied, request.command.fingerprint())),
     }
 }

@@ -18,7 +18,9 @@ mod openapi;
 pub mod operation;
 pub mod time;
 
-pub use batch::{BatchInput, BatchPlan, IntakeRequest, Outcome, StoredOperation, plan_batch};
+pub use batch::{
+    BatchInput, BatchPlan, HoldGone, IntakeRequest, Outcome, StoredOperation, plan_batch,
+};
 pub use enrollment::{
     AccessPolicy, AccessStatus, Enrollment, EnrollmentKey, EnrollmentStatus, PaymentStatus,
 };

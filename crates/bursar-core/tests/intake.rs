@@ -7,8 +7,8 @@
 
 use bursar_core::{
     AccessPolicy, Amount, BatchInput, Command, CourseId, Currency, EnrollTerms, EnrollmentKey,
-    EnrollmentState, Hash, HoldState, IdempotencyKey, IntakeRequest, Outcome, Price, Reference,
-    Rejection, Request, Source, Timestamp, UserId, plan_batch, verify_chain,
+    EnrollmentState, Hash, HoldGone, HoldState, IdempotencyKey, IntakeRequest, Outcome, Price,
+    Reference, Rejection, Request, Source, Timestamp, UserId, plan_batch, verify_chain,
 };
 use std::collections::HashMap;
 
@@ -89,7 +89,7 @@ fn the_source_is_inside_the_hash_and_the_audit_replays_it() {
     let enrolled = accepted(&outcomes[0]).clone();
     let intake = IntakeRequest {
         source: source("evt_1", "payment_intent.succeeded"),
-        fallback: None,
+        hold_gone: HoldGone::Refuse,
     };
     let (outcomes, _) = plan(
         state,
@@ -158,11 +158,11 @@ fn a_used_key_is_a_replay_for_the_intake_whatever_the_second_event_says() {
     assert!(matches!(outcomes[0], Outcome::Accepted(_)));
     let checkout = IntakeRequest {
         source: source("evt_cs", "checkout.session.completed"),
-        fallback: None,
+        hold_gone: HoldGone::Refuse,
     };
     let succeeded = IntakeRequest {
         source: source("evt_pi", "payment_intent.succeeded"),
-        fallback: None,
+        hold_gone: HoldGone::Refuse,
     };
     // The two events of one PaymentIntent in one batch, the second with a
     // different amount: the second replays the first.
@@ -244,7 +244,7 @@ fn the_capture_of_a_hold_that_is_gone_is_recorded_as_a_payment() {
     };
     let intake = IntakeRequest {
         source: source("evt_9", "payment_intent.succeeded"),
-        fallback: Some(payment(6_000, "pi_9")),
+        hold_gone: HoldGone::Instead(payment(6_000, "pi_9")),
     };
     let (outcomes, after) = plan(
         Some(state.clone()),
@@ -257,6 +257,19 @@ fn the_capture_of_a_hold_that_is_gone_is_recorded_as_a_payment() {
     assert_eq!(entry.kind, bursar_core::EntryKind::Payment);
     assert_eq!(entry.amount, 6_000);
     assert_eq!(after.unwrap().enrollment.amount_paid, 6_000);
+    // A void of the gone hold has nothing left to release.
+    let intake = IntakeRequest {
+        source: source("evt_10", "payment_intent.canceled"),
+        hold_gone: HoldGone::Nothing,
+    };
+    let (outcomes, _) = plan(
+        Some(state.clone()),
+        vec![],
+        &[request("stripe:void:pi_9", Command::Void { hold_seq: 2 })],
+        vec![(0, intake)],
+        at(5),
+    );
+    assert_eq!(outcomes[0], Outcome::Unchanged(state.enrollment.clone()));
     // Without the intake's fallback the capture is refused, as through the API.
     let (outcomes, _) = plan(
         Some(state),

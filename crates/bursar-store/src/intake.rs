@@ -20,7 +20,7 @@
 use crate::StoreError;
 use bursar_core::intake::{exception_id, next_retry_at};
 use bursar_core::{
-    Command, CourseId, EnrollmentKey, ExceptionState, IntakeException, IntakeRequest, Outcome,
+    CourseId, EnrollmentKey, ExceptionState, HoldGone, IntakeException, IntakeRequest, Outcome,
     Request, Source, Timestamp, UserId,
 };
 use std::borrow::Cow;
@@ -46,12 +46,12 @@ pub enum IntakeMode {
     Retry,
 }
 
-/// One operation a processor's event asks for, and what to apply instead
-/// when it names a hold that is gone (see `bursar_core::IntakeRequest`).
+/// One operation a processor's event asks for, and what to do when it
+/// names a hold that is gone (see `bursar_core::IntakeRequest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntakeOperation {
     pub request: Request,
-    pub fallback: Option<Command>,
+    pub hold_gone: HoldGone,
 }
 
 /// What a processor's event asks of the ledger.
@@ -187,7 +187,7 @@ pub(crate) fn prepare<'a>(
                             requests.len(),
                             IntakeRequest {
                                 source: write.source.clone(),
-                                fallback: operation.fallback.clone(),
+                                hold_gone: operation.hold_gone.clone(),
                             },
                         );
                         requests.push(operation.request.clone());

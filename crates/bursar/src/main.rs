@@ -133,6 +133,18 @@ enum Commands {
         log_format: LogFormat,
         #[command(flatten)]
         connections: ConnectionArgs,
+        /// The signing secrets of the Stripe webhook endpoint that calls
+        /// `POST /v1/intake/stripe` (`whsec_…`), comma-separated: while a
+        /// secret is rotated, give the old and the new one, then drop the
+        /// old. Without any, the intake answers 503 INTAKE_NOT_CONFIGURED.
+        #[arg(
+            long,
+            env = "BURSAR_STRIPE_WEBHOOK_SECRETS",
+            hide_env_values = true,
+            value_delimiter = ',',
+            value_name = "SECRETS"
+        )]
+        stripe_webhook_secrets: Vec<String>,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -367,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token,
             log_format,
             connections,
+            stripe_webhook_secrets,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -375,7 +388,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("failed to listen on {listen}"))?;
-            let app = App::open(&database.database, admin_token.as_deref())
+            let intake = bursar_server::intake::IntakeOptions {
+                stripe_webhook_secrets,
+            };
+            let app = App::open_with(&database.database, admin_token.as_deref(), &intake)
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
                 .with_connections(connections.options());
@@ -390,6 +406,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let address = listener.local_addr()?;
             println!("bursar listening on http://{address}");
             tracing::info!(%address, backend = app.state.store.backend(), "serving");
+            if app.state.intake.stripe.is_none() {
+                tracing::info!(
+                    "no Stripe webhook secret is configured: POST /v1/intake/stripe answers 503"
+                );
+            }
             app.serve(listener, shutdown_signal())
                 .await
                 .context("server failed")?;

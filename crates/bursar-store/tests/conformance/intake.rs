@@ -43,7 +43,7 @@ fn write(event_id: &str, mode: IntakeMode, operations: Vec<Request>) -> IntakeWr
                 .into_iter()
                 .map(|request| IntakeOperation {
                     request,
-                    fallback: None,
+                    hold_gone: bursar_core::HoldGone::Refuse,
                 })
                 .collect(),
         ),

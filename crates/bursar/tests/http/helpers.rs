@@ -94,6 +94,13 @@ pub struct TestApp {
 
 static KEYS: AtomicU64 = AtomicU64::new(0);
 
+/// The intake's options with these Stripe webhook secrets.
+pub fn intake_options(secrets: &[&str]) -> bursar_server::intake::IntakeOptions {
+    bursar_server::intake::IntakeOptions {
+        stripe_webhook_secrets: secrets.iter().map(|secret| (*secret).to_owned()).collect(),
+    }
+}
+
 /// A fresh idempotency key, unique within the test process.
 pub fn new_key() -> String {
     format!(
@@ -110,7 +117,27 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, backend: Backend) -> TestApp {
-        let app = bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+        TestApp::spawn_on_with(
+            db,
+            backend,
+            &bursar_server::intake::IntakeOptions::default(),
+        )
+        .await
+    }
+
+    /// A service whose payment intake takes Stripe events signed with one of
+    /// `secrets`.
+    pub async fn spawn_with_intake(backend: Backend, secrets: &[&str]) -> TestApp {
+        let db = TestDb::new(backend).await;
+        TestApp::spawn_on_with(db, backend, &intake_options(secrets)).await
+    }
+
+    pub async fn spawn_on_with(
+        db: TestDb,
+        backend: Backend,
+        intake: &bursar_server::intake::IntakeOptions,
+    ) -> TestApp {
+        let app = bursar_server::App::open_with(&db.url, Some(ADMIN_TOKEN), intake)
             .await
             .expect("open app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -134,7 +134,7 @@ pub enum Dismissal {
 /// How one intake write of a batch proceeds, decided on the exceptions read
 /// (locked on PostgreSQL) inside the batch's transaction.
 enum WritePlan {
-    Skip(IntakeOutcome),
+    Skip(Box<IntakeOutcome>),
     Refuse,
     Apply(Range<usize>),
 }
@@ -173,9 +173,9 @@ pub(crate) fn prepare<'a>(
     for write in writes {
         let found = existing.get(&write.exception_id());
         let plan = match (write.mode, found) {
-            (IntakeMode::Retry, None) => WritePlan::Skip(IntakeOutcome::NotFound),
+            (IntakeMode::Retry, None) => WritePlan::Skip(Box::new(IntakeOutcome::NotFound)),
             (_, Some(exception)) if exception.state != ExceptionState::Open => {
-                WritePlan::Skip(IntakeOutcome::Closed(exception.clone()))
+                WritePlan::Skip(Box::new(IntakeOutcome::Closed(exception.clone())))
             }
             _ => match &write.action {
                 IntakeAction::Refuse { .. } => WritePlan::Refuse,
@@ -279,7 +279,7 @@ pub(crate) fn settle(
         let id = write.exception_id();
         let (code, message) = match plan {
             WritePlan::Skip(outcome) => {
-                settled.outcomes.push(outcome);
+                settled.outcomes.push(*outcome);
                 continue;
             }
             WritePlan::Refuse => match &write.action {

@@ -74,7 +74,9 @@ pub const EXCEPTION_CODES: &[(&str, &str)] = &[
     ),
 ];
 
-/// What processing an event came to.
+/// What processing an event came to. Made once per event and matched at
+/// once, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Processed {
     /// Nothing to do: why.
     Ignored(String),
@@ -578,8 +580,9 @@ pub(crate) async fn retry(
     })
 }
 
-/// Try an open exception's event again now (admin): resolved if the ledger
-/// takes it, else it stays OPEN with the new refusal.
+/// Try an open exception's event again now (admin).
+///
+/// Resolved if the ledger takes it, else it stays OPEN with the new refusal.
 #[utoipa::path(post, path = "/v1/intake/exceptions/{id}/retry",
     params(("id" = String, Path, description = "the exception's id, `exc_…`")),
     responses((status = 200, body = ExceptionBody, description = "the exception after the attempt (RESOLVED, or OPEN with the new refusal)"),

@@ -329,11 +329,10 @@ async fn receive(state: &AppState, request: Request) -> Result<Response, ApiErro
     secrets
         .verify(&header, &body.bytes)
         .map_err(signature_invalid)?;
-    let event = stripe::parse_event(&body.bytes).map_err(ApiError::invalid)?;
     // The event parsed as JSON, so it is UTF-8.
     let raw = String::from_utf8(body.bytes.to_vec())
         .map_err(|_| ApiError::invalid("the body is not UTF-8"))?;
-    drop(body);
+    let event = stripe::parse_event(body.bytes).map_err(ApiError::invalid)?;
     let answer = match process(state, event, raw, IntakeMode::Deliver, now).await? {
         Processed::Ignored(why) => {
             tracing::debug!(%why, "a Stripe event is ignored");
@@ -546,7 +545,7 @@ pub(crate) async fn retry(
 ) -> Result<Retried, ApiError> {
     let now = crate::writer::now();
     let raw = exception.event.to_string();
-    let processed = match stripe::parse_event(raw.as_bytes()) {
+    let processed = match stripe::parse_event(raw.clone().into()) {
         Ok(event) => process(state, event, raw, IntakeMode::Retry, now).await?,
         Err(message) => {
             // Kept events were read before, so this is a stored event that

@@ -7,6 +7,7 @@
 //! sends is tolerated (unlike the rest of the API, which refuses unknown
 //! fields): Stripe adds fields to its objects without notice.
 
+use axum::body::Bytes;
 use bursar_core::{
     Amount, Command, CourseId, Currency, EnrollmentKey, HoldGone, IdempotencyKey, Reason,
     Reference, Source, UserId,
@@ -197,11 +198,13 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", digest.to_hex())
 }
 
-/// A verified event's envelope.
+/// A verified event: its envelope's id and type, and the body, from which
+/// the mapping reads the object it needs (typed, in one more pass, without
+/// building a tree of the whole event).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub source: Source,
-    pub object: Value,
+    body: Bytes,
 }
 
 #[derive(Deserialize)]
@@ -209,26 +212,53 @@ struct Envelope {
     id: String,
     #[serde(rename = "type")]
     event_type: String,
-    data: EnvelopeData,
+    data: EnvelopeData<AnyObject>,
 }
 
 #[derive(Deserialize)]
-struct EnvelopeData {
-    object: Map<String, Value>,
+struct EnvelopeData<T> {
+    object: T,
 }
 
-/// Reads the envelope every Stripe event has: `id`, `type`, `data.object`.
-/// Anything else about it is tolerated.
-pub fn parse_event(body: &[u8]) -> Result<Event, String> {
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|error| {
+/// The event with its object read as `T`.
+#[derive(Deserialize)]
+struct Typed<T> {
+    data: EnvelopeData<T>,
+}
+
+/// Any JSON object, skipped without being kept.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyObject;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyObject)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Reads the envelope every Stripe event has: `id`, `type`, and an object
+/// in `data.object`. Anything else about it is tolerated.
+pub fn parse_event(body: Bytes) -> Result<Event, String> {
+    let envelope: Envelope = serde_json::from_slice(&body).map_err(|error| {
         format!("the body is not a Stripe event (id, type and data.object): {error}")
     })?;
+    let _: AnyObject = envelope.data.object;
     let source = Source::new(PROCESSOR, &envelope.id, &envelope.event_type)
         .map_err(|error| format!("the event's id or type cannot be kept: {error}"))?;
-    Ok(Event {
-        source,
-        object: Value::Object(envelope.data.object),
-    })
+    Ok(Event { source, body })
 }
 
 /// Whom the operations are for.
@@ -460,7 +490,8 @@ fn reference(id: &str, key: Option<&EnrollmentKey>) -> Result<Reference, Unreada
 }
 
 fn object<T: for<'de> Deserialize<'de>>(event: &Event, what: &str) -> Result<T, Unreadable> {
-    T::deserialize(&event.object)
+    serde_json::from_slice::<Typed<T>>(&event.body)
+        .map(|typed| typed.data.object)
         .map_err(|error| unreadable(format!("the {what} is not as Stripe sends it: {error}")))
 }
 
@@ -836,10 +867,23 @@ mod tests {
     }
 
     fn event(event_type: &str, object: Value) -> Event {
-        Event {
-            source: Source::new(PROCESSOR, "evt_1", event_type).unwrap(),
-            object,
+        let body = serde_json::json!({"id": "evt_1", "type": event_type, "data": {"object": object}});
+        parse_event(Bytes::from(serde_json::to_vec(&body).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn the_envelope_needs_an_id_a_type_and_an_object() {
+        for bad in [
+            r#"{"type":"x","data":{"object":{}}}"#,
+            r#"{"id":"evt_1","data":{"object":{}}}"#,
+            r#"{"id":"evt_1","type":"x","data":{"object":"text"}}"#,
+            r#"{"id":"evt 1","type":"x","data":{"object":{}}}"#,
+            r#"{"id":"evt_1","type":"x","data":{"object":{}}"#,
+        ] {
+            assert!(parse_event(Bytes::from(bad)).is_err(), "{bad}");
         }
+        let ok = r#"{"id":"evt_1","type":"x","data":{"object":{"a":[1,{"b":null}]},"extra":1},"more":true}"#;
+        assert_eq!(parse_event(Bytes::from(ok)).unwrap().source.event_type, "x");
     }
 
     fn key() -> EnrollmentKey {

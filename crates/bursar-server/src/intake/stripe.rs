@@ -237,7 +237,10 @@ impl<'de> Deserialize<'de> for AnyObject {
             fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
                 formatter.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AnyObject, A::Error> {
                 while map
                     .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
                     .is_some()
@@ -867,7 +870,8 @@ mod tests {
     }
 
     fn event(event_type: &str, object: Value) -> Event {
-        let body = serde_json::json!({"id": "evt_1", "type": event_type, "data": {"object": object}});
+        let body =
+            serde_json::json!({"id": "evt_1", "type": event_type, "data": {"object": object}});
         parse_event(Bytes::from(serde_json::to_vec(&body).unwrap())).unwrap()
     }
 

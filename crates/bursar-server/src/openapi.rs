@@ -99,6 +99,16 @@ fn complete_operations(document: &mut Value) {
                     Some("hold_seq") => {
                         json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": i64::MAX})
                     }
+                    // Comma-separated event type names; an empty item names
+                    // none (and an empty value is no filter).
+                    Some("type") if path == "/v1/events" => {
+                        let names = bursar_core::EventType::ALL
+                            .iter()
+                            .map(|event_type| event_type.as_str().replace('.', "\\."))
+                            .collect::<Vec<_>>()
+                            .join("|");
+                        json!({"type": "string", "pattern": format!("^({names})?(,({names})?)*$")})
+                    }
                     _ => continue,
                 };
                 parameter["schema"] = schema;

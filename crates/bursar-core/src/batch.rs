@@ -4,6 +4,7 @@
 //! Pure, like the rest of the core.
 
 use crate::event::Transitions;
+use crate::intake::Source;
 use crate::ledger::{Hash, LedgerEntry};
 use crate::operation::{Applied, Command, EnrollmentState, Rejection, Request, apply};
 use crate::{Enrollment, EnrollmentKey, IdempotencyKey, Timestamp};
@@ -39,6 +40,41 @@ pub struct BatchInput {
     pub states: HashMap<EnrollmentKey, EnrollmentState>,
     /// Every stored operation under an idempotency key the batch carries.
     pub stored: HashMap<(EnrollmentKey, IdempotencyKey), StoredOperation>,
+    /// The requests taken from a processor's event (the payment intake), by
+    /// their index in the batch.
+    pub intake: HashMap<usize, IntakeRequest>,
+}
+
+/// What the planner needs to know of a request taken from a processor's
+/// event.
+///
+/// Its idempotency key names the processor's object (`stripe:pi:…`,
+/// `stripe:re:…`), so a key used before is that object counted already: a
+/// replay, whatever the second event about it says (a Checkout Session and
+/// its PaymentIntent report one payment, in slightly different words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeRequest {
+    /// Sealed into the request's entry, inside its hash.
+    pub source: Source,
+    /// What to do when the request names a hold that is no longer open or
+    /// does not exist (`HOLD_NOT_OPEN`, `HOLD_NOT_FOUND`).
+    pub hold_gone: HoldGone,
+}
+
+/// What an intake request that names a hold does when the hold is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldGone {
+    /// Refused, as through the API.
+    Refuse,
+    /// Apply this instead. The money has moved at the processor all the
+    /// same, so the capture of a hold voided after an earlier failed attempt
+    /// of the same payment, or expired, is recorded as a plain payment when
+    /// the enrollment can take it.
+    Instead(Command),
+    /// Nothing to do: answered `Unchanged` with the enrollment as it is. A
+    /// void of a hold that was captured, voided or expired already has
+    /// nothing left to release.
+    Nothing,
 }
 
 /// What a batch decided and what the backend must write, in one transaction.
@@ -99,7 +135,11 @@ pub fn named_holds(requests: &[Request]) -> Vec<(EnrollmentKey, u64)> {
 /// `expires_at` has passed at `now` is released by an `EXPIRE` entry; those
 /// entries are written whatever becomes of the request itself.
 pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> BatchPlan {
-    let BatchInput { mut states, stored } = input;
+    let BatchInput {
+        mut states,
+        stored,
+        intake,
+    } = input;
     // Idempotency records by enrollment, then by key, so that a request is
     // looked up by reference: deciding one costs no clone of its ids.
     let mut loaded: HashMap<EnrollmentKey, HashMap<IdempotencyKey, StoredOperation>> =
@@ -116,7 +156,8 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
     let mut plan = BatchPlan::default();
     let mut changed_order: Vec<EnrollmentKey> = Vec::new();
     let mut changed: HashSet<EnrollmentKey> = HashSet::new();
-    for request in requests {
+    for (index, request) in requests.iter().enumerate() {
+        let intake = intake.get(&index);
         if let Some(state) = states.get_mut(&request.key) {
             for hold_seq in state.expired_holds(now) {
                 let expire = Request {
@@ -161,6 +202,7 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
             _ => None,
         };
         let outcome = match previous {
+            Some((_, entry)) if intake.is_some() => Outcome::Replayed(entry.clone()),
             Some((previous, entry)) if previous == fingerprint => Outcome::Replayed(entry.clone()),
             Some(_) => Outcome::Rejected(Rejection::IdempotencyKeyReused(
                 request
@@ -169,10 +211,14 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                     .map(|key| key.to_string())
                     .unwrap_or_default(),
             )),
-            None => match apply(state, request, now) {
+            None => match decide(state, request, intake, now) {
                 Err(rejection) => Outcome::Rejected(rejection),
-                Ok(Applied::Unchanged(enrollment)) => Outcome::Unchanged(enrollment),
-                Ok(Applied::Entry(entry)) => {
+                Ok((Applied::Unchanged(enrollment), _)) => Outcome::Unchanged(enrollment),
+                Ok((Applied::Entry(entry), fingerprint)) => {
+                    let entry = match intake {
+                        Some(intake) => entry.with_source(intake.source.clone()),
+                        None => entry,
+                    };
                     plan.transitions.push(Transitions::between(
                         state.map(|state| &state.enrollment),
                         &entry.enrollment,
@@ -218,4 +264,35 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
         })
         .collect();
     plan
+}
+
+/// Applies a request that no stored key answers, doing what its intake says
+/// when it names a hold that is gone; returns what was applied and the
+/// fingerprint to store under its key.
+fn decide(
+    state: Option<&EnrollmentState>,
+    request: &Request,
+    intake: Option<&IntakeRequest>,
+    now: Timestamp,
+) -> Result<(Applied, Hash), Rejection> {
+    let decided = apply(state, request, now);
+    let gone = matches!(
+        decided,
+        Err(Rejection::HoldNotOpen { .. } | Rejection::HoldNotFound { .. })
+    );
+    match (intake.map(|intake| &intake.hold_gone), state) {
+        (Some(HoldGone::Instead(command)), _) if gone => {
+            let instead = Request {
+                key: request.key.clone(),
+                idempotency_key: request.idempotency_key.clone(),
+                command: command.clone(),
+            };
+            apply(state, &instead, now).map(|applied| (applied, command.fingerprint()))
+        }
+        (Some(HoldGone::Nothing), Some(state)) if gone => Ok((
+            Applied::Unchanged(state.enrollment.clone()),
+            request.command.fingerprint(),
+        )),
+        _ => decided.map(|applied| (applied, request.command.fingerprint())),
+    }
 }

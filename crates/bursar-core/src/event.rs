@@ -7,7 +7,12 @@
 //! (`payment.recorded`, `hold.created`, …), then `enrollment.paid_in_full`,
 //! `enrollment.access_granted`, `enrollment.access_revoked`. The entry's
 //! `position` is its first event's; the others follow it, one apart.
+//!
+//! One event is not an entry's: `intake.exception`, a processor's event the
+//! domain refused, kept as an exception row that takes its own position in
+//! the same order (`exception_event`).
 
+use crate::intake::IntakeException;
 use crate::ledger::{EntryKind, LedgerEntry};
 use crate::{AccessStatus, Enrollment, PaymentStatus};
 use serde::{Deserialize, Serialize};
@@ -50,12 +55,15 @@ pub enum EventType {
     AccessGranted,
     #[serde(rename = "enrollment.access_revoked")]
     AccessRevoked,
+    /// A processor's event the domain refused, kept as an intake exception.
+    #[serde(rename = "intake.exception")]
+    IntakeException,
 }
 
 impl EventType {
     /// Every type, in the order the contract lists them (and in which one
     /// entry's events come).
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::EnrollmentCreated,
         EventType::PaymentRecorded,
         EventType::CreditRecorded,
@@ -70,6 +78,7 @@ impl EventType {
         EventType::PaidInFull,
         EventType::AccessGranted,
         EventType::AccessRevoked,
+        EventType::IntakeException,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -88,6 +97,7 @@ impl EventType {
             EventType::PaidInFull => "enrollment.paid_in_full",
             EventType::AccessGranted => "enrollment.access_granted",
             EventType::AccessRevoked => "enrollment.access_revoked",
+            EventType::IntakeException => "intake.exception",
         }
     }
 
@@ -174,30 +184,41 @@ pub fn event_count(kind: EntryKind, transitions: Transitions) -> u64 {
 }
 
 /// What an event carries: the ledger entry behind it and the enrollment as
-/// that entry left it.
+/// that entry left it; or, for `intake.exception`, the exception as it was
+/// when the event was read.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventData {
-    pub entry: LedgerEntry,
-    pub enrollment: Enrollment,
+#[serde(untagged)]
+pub enum EventData {
+    Entry {
+        entry: Box<LedgerEntry>,
+        enrollment: Box<Enrollment>,
+    },
+    Exception {
+        exception: Box<IntakeException>,
+    },
 }
 
 /// One event, as the feed, webhooks and the broker carry it.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// `evt_` and 26 hex digits: the first 24 of the entry's hash and the
-    /// event's index within the entry. The same on every delivery.
+    /// `evt_` and 26 hex digits: for an entry's events the first 24 of the
+    /// entry's hash and the event's index within the entry; for an
+    /// exception 24 derived from its id, and `00`. The same on every
+    /// delivery.
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// The event's place in the one global order: increasing, never reused.
     pub position: u64,
     pub created_at: crate::Timestamp,
-    pub user_id: crate::UserId,
-    pub course_id: crate::CourseId,
-    /// The entry's `seq`: the order within the enrollment.
-    pub seq: u64,
+    /// The enrollment; `null` only for an exception that names none.
+    pub user_id: Option<crate::UserId>,
+    pub course_id: Option<crate::CourseId>,
+    /// The entry's `seq`: the order within the enrollment; `null` for an
+    /// exception.
+    pub seq: Option<u64>,
     pub data: EventData,
 }
 
@@ -212,15 +233,33 @@ pub fn events_of(entry: &LedgerEntry, position: u64, transitions: Transitions) -
             event_type,
             position: position + index as u64,
             created_at: entry.created_at,
-            user_id: entry.enrollment.user_id.clone(),
-            course_id: entry.enrollment.course_id.clone(),
-            seq: entry.seq,
-            data: EventData {
-                entry: entry.clone(),
-                enrollment: entry.enrollment.clone(),
+            user_id: Some(entry.enrollment.user_id.clone()),
+            course_id: Some(entry.enrollment.course_id.clone()),
+            seq: Some(entry.seq),
+            data: EventData::Entry {
+                entry: Box::new(entry.clone()),
+                enrollment: Box::new(entry.enrollment.clone()),
             },
         })
         .collect()
+}
+
+/// The one event of an intake exception, at the position its row holds,
+/// carrying the exception as it stands now.
+pub fn exception_event(exception: &IntakeException) -> Event {
+    let digest = crate::Hash::of(format!("intake.exception/{}", exception.id).as_bytes()).to_hex();
+    Event {
+        id: format!("evt_{}00", &digest[..24]),
+        event_type: EventType::IntakeException,
+        position: exception.position,
+        created_at: exception.received_at,
+        user_id: exception.user_id.clone(),
+        course_id: exception.course_id.clone(),
+        seq: None,
+        data: EventData::Exception {
+            exception: Box::new(exception.clone()),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use crate::enrollment::CanonicalEnrollment;
 use crate::hold::{HoldAmount, HoldChange, HoldExpiry, HoldState};
+use crate::intake::Source;
 use crate::operation::{Applied, Command, EnrollTerms, EnrollmentState, Request, apply};
 use crate::{
     Amount, Currency, Enrollment, EnrollmentKey, Hold, IdempotencyKey, Price, Reason, Reference,
@@ -157,6 +158,10 @@ pub struct LedgerEntry {
     /// When the hold a `HOLD` entry opens expires; absent on every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// The processor's event this entry was taken from (payment intake);
+    /// `null` for the operations made through the API.
+    #[serde(default)]
+    pub source: Option<Source>,
     pub created_at: Timestamp,
     pub enrollment: Enrollment,
     pub prev_hash: Hash,
@@ -165,9 +170,9 @@ pub struct LedgerEntry {
 
 /// The canonical bytes an entry's hash covers: the compact JSON of these
 /// fields in this order (struct order is fixed, so the bytes are too). The
-/// hold fields appear only on the entries that have them, and the
-/// enrollment's held amounts only while something is held, so every entry
-/// written before holds existed keeps its hash.
+/// hold fields and the source appear only on the entries that have them,
+/// and the enrollment's held amounts only while something is held, so every
+/// entry written before holds or the intake existed keeps its hash.
 #[derive(Serialize)]
 struct CanonicalEntry<'a> {
     prev_hash: &'a Hash,
@@ -182,6 +187,8 @@ struct CanonicalEntry<'a> {
     hold_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<&'a Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a Source>,
     created_at: &'a Timestamp,
     enrollment: CanonicalEnrollment<'a>,
 }
@@ -218,6 +225,7 @@ impl LedgerEntry {
             reason,
             hold_seq: hold.hold_seq,
             expires_at: hold.expires_at,
+            source: None,
             created_at,
             enrollment,
             prev_hash,
@@ -225,6 +233,15 @@ impl LedgerEntry {
         };
         entry.hash = entry.compute_hash();
         entry
+    }
+
+    /// The same entry taken from a processor's event: `source` set, and the
+    /// hash sealed again over it. For the planner, before anything chains
+    /// to the entry.
+    pub fn with_source(mut self, source: Source) -> LedgerEntry {
+        self.source = Some(source);
+        self.hash = self.compute_hash();
+        self
     }
 
     /// SHA-256 over the canonical bytes; equal to `hash` unless tampered with.
@@ -240,6 +257,7 @@ impl LedgerEntry {
             reason: &self.reason,
             hold_seq: self.hold_seq,
             expires_at: self.expires_at.as_ref(),
+            source: self.source.as_ref(),
             created_at: &self.created_at,
             enrollment: CanonicalEnrollment::of(&self.enrollment),
         };

@@ -11,6 +11,7 @@ pub mod enrollment;
 pub mod event;
 pub mod hold;
 pub mod ids;
+pub mod intake;
 pub mod ledger;
 pub mod money;
 #[cfg(feature = "openapi")]
@@ -18,7 +19,9 @@ mod openapi;
 pub mod operation;
 pub mod time;
 
-pub use batch::{BatchInput, BatchPlan, Outcome, StoredOperation, plan_batch};
+pub use batch::{
+    BatchInput, BatchPlan, HoldGone, IntakeRequest, Outcome, StoredOperation, plan_batch,
+};
 pub use digest::{
     DIGEST_FINDINGS_MAX, Digest, DigestCheck, DigestFinding, DigestFold, DigestFound, DigestRow,
     FindingKind, Positions, root_step,
@@ -28,13 +31,14 @@ pub use enrollment::{
 };
 pub use event::{
     EVENTS_PER_ENTRY_MAX, Event, EventData, EventType, Transitions, event_count, event_types,
-    events_of,
+    events_of, exception_event,
 };
 pub use hold::{
     HOLD_EXPIRES_IN_SECONDS_DEFAULT, HOLD_EXPIRES_IN_SECONDS_MAX, HOLD_EXPIRES_IN_SECONDS_MIN,
     Hold, HoldAmount, HoldChange, HoldExpiry, HoldState,
 };
 pub use ids::{CourseId, IdError, IdempotencyKey, Reason, Reference, UserId};
+pub use intake::{ExceptionState, IntakeException, Source};
 pub use ledger::{
     ChainVerifier, DISAGREEMENTS_PER_ENROLLMENT_MAX, Disagreement, EntryKind, Hash, HoldFields,
     LedgerEntry, verify_chain,

@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("INVALID_REQUEST", 400, "malformed JSON, wrong types, out-of-range values, unknown fields, a missing or bad `Idempotency-Key`, bad ids or query parameters"),
     ("WEBHOOK_URL_FORBIDDEN", 400, "a webhook URL whose host is, or resolves to, a loopback, private, link-local or other internal address, while the server does not allow them (`--webhooks-allow-private`)"),
+    ("SIGNATURE_INVALID", 400, "`POST /v1/intake/stripe`: the `Stripe-Signature` header is missing or malformed, no `v1` signature matches the body under a configured secret, or its timestamp is more than 300 s from the server's clock; nothing is stored"),
     ("UNAUTHENTICATED", 401, "no bearer token, or one that is unknown"),
     ("FORBIDDEN", 403, "the token's role may not do this"),
     ("ENROLLMENT_NOT_FOUND", 404, "no enrollment for this user and course"),
     ("HOLD_NOT_FOUND", 404, "the `hold_seq` names no hold of this enrollment"),
+    ("EXCEPTION_NOT_FOUND", 404, "no intake exception has this id"),
     ("NOT_FOUND", 404, "no such route"),
     ("WEBHOOK_NOT_FOUND", 404, "no webhook endpoint has this id"),
     ("METHOD_NOT_ALLOWED", 405, "the route exists, the method does not"),
@@ -27,7 +29,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("IDEMPOTENCY_KEY_REUSED", 409, "the key was used for a different operation or body on this enrollment"),
     ("NOTHING_DUE", 409, "`pay-remaining`, or a hold of the remaining balance, when nothing is available"),
     ("ENROLLMENT_CANCELLED", 409, "a money operation on a cancelled enrollment"),
-    ("INVALID_TRANSITION", 409, "`complete` without access granted, `cancel` after money was paid or while a hold is open, or either when already done"),
+    ("INVALID_TRANSITION", 409, "`complete` without access granted, `cancel` after money was paid or while a hold is open, or either when already done; retrying or dismissing an intake exception that is not `OPEN`"),
     ("WEBHOOK_LIMIT_REACHED", 409, "registering a webhook endpoint when 100 exist already"),
     ("HOLD_NOT_OPEN", 409, "capturing or voiding a hold that was captured, voided or has expired; `details` gives `hold_seq` and `state`"),
     ("PAYLOAD_TOO_LARGE", 413, "the body, or the number of operations of a batch, is over its limit"),
@@ -38,6 +40,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("CURRENCY_MISMATCH", 422, "a payment in another currency than the enrollment's"),
     ("TOTAL_LIMIT_EXCEEDED", 422, "price + charges, or the sum of refunds, would pass 10^15 minor units"),
     ("INTERNAL", 500, "a bug; it is logged. Never the answer to bad input"),
+    ("INTAKE_NOT_CONFIGURED", 503, "`POST /v1/intake/stripe` while no Stripe webhook secret is configured (`BURSAR_STRIPE_WEBHOOK_SECRETS`): nothing is stored, and Stripe retries until one is"),
     ("OVERLOADED", 503, "the write queue is full; retry after `Retry-After` with the same key"),
     ("UNAVAILABLE", 503, "the database cannot be reached, or the server is shutting down; retry with the same key"),
     ("STORAGE_UNAVAILABLE", 503, "the disk is full, read-only or failing, or the database file was removed or replaced; nothing was acknowledged, `/readyz` is not ready, retry with the same key"),
@@ -72,7 +75,8 @@ impl ApiError {
         }
     }
 
-    fn closing(mut self) -> ApiError {
+    /// Marks an answer given before the request body was read to its end.
+    pub(crate) fn closing(mut self) -> ApiError {
         self.close_connection = true;
         self
     }
@@ -142,7 +146,7 @@ impl ApiError {
         .closing()
     }
 
-    fn with_details(mut self, details: Value) -> ApiError {
+    pub(crate) fn with_details(mut self, details: Value) -> ApiError {
         self.details = Some(details);
         self
     }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod holds;
+pub mod intake;
 pub mod json_errors;
 pub mod metrics;
 pub mod openapi;
@@ -65,6 +66,8 @@ pub struct Services {
     pub feed: FeedSignal,
     /// Webhook settings, and the bell of this server's delivery engine.
     pub webhooks: Webhooks,
+    /// The payment intake's secrets.
+    pub intake: intake::IntakeConfig,
 }
 
 impl std::ops::Deref for AppState {
@@ -89,24 +92,38 @@ pub struct App {
 }
 
 impl App {
-    /// Opens and migrates the database, loads the tokens and starts the writer.
+    /// Opens and migrates the database, loads the tokens and starts the
+    /// writer, with the payment intake unconfigured.
     pub async fn open(database_url: &str, admin_token: Option<&str>) -> Result<App, StoreError> {
+        App::open_with(database_url, admin_token, &intake::IntakeOptions::default()).await
+    }
+
+    /// `open`, with the payment intake's secrets; also starts the retrier
+    /// of intake exceptions.
+    pub async fn open_with(
+        database_url: &str,
+        admin_token: Option<&str>,
+        intake: &intake::IntakeOptions,
+    ) -> Result<App, StoreError> {
         let store = Store::open(database_url).await?;
         let metrics = Arc::new(Metrics::default());
         let (auth, created_admin_token) = Auth::load(store.clone(), admin_token).await?;
         let feed = FeedSignal::default();
         feed.watch_store(store.clone());
         let (writer, writer_task) = Writer::start(store.clone(), metrics.clone(), feed.clone());
+        let services = Arc::new(Services {
+            store,
+            writer,
+            auth,
+            metrics,
+            bodies: BodyBudget::default(),
+            feed,
+            webhooks: Webhooks::default(),
+            intake: intake::IntakeConfig::new(intake),
+        });
+        intake::retrier::start(Arc::downgrade(&services));
         Ok(App {
-            state: AppState(Arc::new(Services {
-                store,
-                writer,
-                auth,
-                metrics,
-                bodies: BodyBudget::default(),
-                feed,
-                webhooks: Webhooks::default(),
-            })),
+            state: AppState(services),
             writer_task,
             created_admin_token,
             connections: ConnectionOptions::default(),
@@ -246,6 +263,16 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::list_deliveries),
         )
         .route("/v1/webhooks/{id}/replay", post(webhooks::replay_webhook))
+        .route("/v1/intake/exceptions", get(intake::list_exceptions))
+        .route("/v1/intake/exceptions/{id}", get(intake::get_exception))
+        .route(
+            "/v1/intake/exceptions/{id}/retry",
+            post(intake::retry_exception),
+        )
+        .route(
+            "/v1/intake/exceptions/{id}/dismiss",
+            post(intake::dismiss_exception),
+        )
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -253,6 +280,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(authenticated)
         .route("/healthz", get(api::healthz))
+        // Authenticated by its Stripe-Signature, never by a token: outside
+        // the token layer.
+        .route(
+            "/v1/intake/stripe",
+            post(intake::stripe_webhook).layer(DefaultBodyLimit::max(
+                intake::stripe::STRIPE_EVENT_BYTES_MAX,
+            )),
+        )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

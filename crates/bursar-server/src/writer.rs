@@ -3,11 +3,15 @@
 //! in one transaction (one fsync), and only then answers every waiter. The
 //! same task sweeps expired holds: it asks the store which enrollments have a
 //! hold open past its `expires_at` and writes their `EXPIRE` entries.
+//!
+//! The payment intake's writes (a processor's event: its operations, and the
+//! exception kept if the domain refuses them) ride in the same batches, so
+//! an exception commits in the transaction of the refusal that made it.
 
 use crate::events::FeedSignal;
 use crate::metrics::Metrics;
 use bursar_core::{Command, Outcome, Request, Timestamp};
-use bursar_store::{Store, StoreError};
+use bursar_store::{IntakeOutcome, IntakeWrite, Store, StoreError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -47,9 +51,14 @@ pub enum WriteError {
     Store(#[from] StoreError),
 }
 
+/// What one job's waiter is answered: its requests' outcomes and its intake
+/// writes' outcomes, in order.
+type Answer = Result<(Vec<Outcome>, Vec<IntakeOutcome>), StoreError>;
+
 struct Job {
     requests: Vec<Request>,
-    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+    intake: Vec<IntakeWrite>,
+    reply: oneshot::Sender<Answer>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -140,7 +149,33 @@ impl Writer {
     /// Queues the requests as one job (they commit in the same transaction)
     /// and waits for the commit.
     pub async fn submit(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, WriteError> {
-        let count = u32::try_from(requests.len()).map_err(|_| WriteError::Overloaded)?;
+        Ok(self.submit_job(requests, Vec::new()).await?.0)
+    }
+
+    /// Queues a processor's event (its operations, and its exception should
+    /// the domain refuse them) and waits for the commit.
+    pub async fn submit_intake(&self, write: IntakeWrite) -> Result<IntakeOutcome, WriteError> {
+        let (_, mut outcomes) = self.submit_job(Vec::new(), vec![write]).await?;
+        outcomes.pop().ok_or_else(|| {
+            WriteError::Store(StoreError::Internal(
+                "the writer answered no intake outcome".into(),
+            ))
+        })
+    }
+
+    async fn submit_job(
+        &self,
+        requests: Vec<Request>,
+        intake: Vec<IntakeWrite>,
+    ) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), WriteError> {
+        // An intake write holds one permit even when it applies nothing: it
+        // may write an exception.
+        let operations = requests.len()
+            + intake
+                .iter()
+                .map(|write| write.operations().max(1))
+                .sum::<usize>();
+        let count = u32::try_from(operations).map_err(|_| WriteError::Overloaded)?;
         let permit = self
             .permits
             .clone()
@@ -153,6 +188,7 @@ impl Writer {
         self.sender
             .send(Job {
                 requests,
+                intake,
                 reply,
                 _permit: permit,
             })
@@ -204,12 +240,13 @@ async fn run(
                 }
             }
         };
-        let mut operations = first.as_ref().map_or(0, |job| job.requests.len());
+        let size = |job: &Job| job.requests.len() + job.intake.len();
+        let mut operations = first.as_ref().map_or(0, size);
         let mut jobs: Vec<Job> = first.into_iter().collect();
         while operations < COMMIT_OPERATIONS_MAX {
             match receiver.try_recv() {
                 Ok(job) => {
-                    operations += job.requests.len();
+                    operations += size(&job);
                     jobs.push(job);
                 }
                 Err(_) => break,
@@ -219,24 +256,37 @@ async fn run(
         let swept = expiring.len();
         let mut requests = expiring;
         requests.reserve(operations);
+        let mut intake = Vec::new();
         let mut sizes = Vec::with_capacity(jobs.len());
         for job in &mut jobs {
-            sizes.push(job.requests.len());
+            sizes.push((job.requests.len(), job.intake.len()));
             requests.append(&mut job.requests);
+            intake.append(&mut job.intake);
         }
         let started = Instant::now();
-        let result = store.execute(requests, now()).await;
+        let result = if intake.is_empty() {
+            store
+                .execute(requests, now())
+                .await
+                .map(|outcomes| (outcomes, Vec::new()))
+        } else {
+            store.execute_with_intake(requests, intake, now()).await
+        };
         metrics.observe_commit(operations + swept, started.elapsed());
         health.record(&result.as_ref().map(|_| ()));
         match result {
-            Ok(outcomes) => {
+            Ok((outcomes, intake_outcomes)) => {
                 // Whatever committed (the sweep's `EXPIRE` entries too) may
                 // be new events.
                 feed.notify();
                 // The sweep's own outcomes answer no one.
                 let mut outcomes = outcomes.into_iter().skip(swept);
-                for (job, size) in jobs.into_iter().zip(sizes) {
-                    let answer: Vec<Outcome> = outcomes.by_ref().take(size).collect();
+                let mut intake_outcomes = intake_outcomes.into_iter();
+                for (job, (plain, intake)) in jobs.into_iter().zip(sizes) {
+                    let answer = (
+                        outcomes.by_ref().take(plain).collect(),
+                        intake_outcomes.by_ref().take(intake).collect(),
+                    );
                     // A waiter that went away (client disconnected) is fine:
                     // its operation is committed and a retry will replay it.
                     let _ = job.reply.send(Ok(answer));

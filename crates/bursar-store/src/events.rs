@@ -8,11 +8,16 @@
 //! next entry starts where its events end. How each backend keeps commit
 //! order equal to position order is in `sqlite::next_position` and
 //! `postgres::reserve_positions`.
+//!
+//! The intake's exceptions (`intake.rs`) take positions from the same
+//! source in the same transactions, one each, and the feed merges their
+//! rows with the ledger's by position: an `intake.exception` event sits in
+//! the one order like any other.
 
 use crate::StoreError;
 use bursar_core::{
-    EVENTS_PER_ENTRY_MAX, EnrollmentKey, Event, EventType, LedgerEntry, Transitions, event_count,
-    events_of,
+    EVENTS_PER_ENTRY_MAX, EnrollmentKey, Event, EventType, IntakeException, LedgerEntry,
+    Transitions, event_count, events_of, exception_event,
 };
 
 /// Most ledger entries one feed read scans while it looks for events of the
@@ -42,11 +47,34 @@ pub struct EventQuery {
     pub types: Vec<EventType>,
 }
 
-/// A ledger row as the feed reads it.
-pub(crate) struct FeedRow {
-    pub entry: LedgerEntry,
-    pub position: u64,
-    pub transitions: Transitions,
+/// A row as the feed reads it: a ledger entry, or an intake exception.
+pub(crate) enum FeedRow {
+    Entry {
+        entry: LedgerEntry,
+        position: u64,
+        transitions: Transitions,
+    },
+    Exception(IntakeException),
+}
+
+impl FeedRow {
+    fn position(&self) -> u64 {
+        match self {
+            FeedRow::Entry { position, .. } => *position,
+            FeedRow::Exception(exception) => exception.position,
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        match self {
+            FeedRow::Entry {
+                entry,
+                position,
+                transitions,
+            } => events_of(entry, *position, *transitions),
+            FeedRow::Exception(exception) => vec![exception_event(exception)],
+        }
+    }
 }
 
 /// Where a query for the entries holding events after `after` starts: an
@@ -92,15 +120,25 @@ impl<'a> FeedRead<'a> {
         ))
     }
 
-    /// Takes the rows of the query `next_fetch` asked for.
-    pub(crate) fn take(&mut self, rows: Vec<FeedRow>, count: i64) {
-        let got = rows.len();
-        self.scanned += got as u32;
+    /// Takes the rows of the queries `next_fetch` asked for: at most `count`
+    /// ledger rows and at most `count` exception rows from the same
+    /// position, merged by position. Only the first `count` of the merge
+    /// are used (the next fetch starts after them); when the two gave fewer
+    /// than `count` together, both are exhausted and the read is complete.
+    pub(crate) fn take(&mut self, entries: Vec<FeedRow>, exceptions: Vec<FeedRow>, count: i64) {
+        let total = entries.len() + exceptions.len();
+        let mut rows = entries;
+        if !exceptions.is_empty() {
+            rows.extend(exceptions);
+            rows.sort_by_key(FeedRow::position);
+        }
+        rows.truncate(usize::try_from(count).unwrap_or(usize::MAX));
+        self.scanned += rows.len() as u32;
         if let Some(last) = rows.last() {
-            self.from = last.position + 1;
+            self.from = last.position() + 1;
         }
         'rows: for row in rows {
-            for event in events_of(&row.entry, row.position, row.transitions) {
+            for event in row.events() {
                 if event.position <= self.query.after {
                     continue;
                 }
@@ -114,7 +152,7 @@ impl<'a> FeedRead<'a> {
                 }
             }
         }
-        if (got as i64) < count {
+        if (total as i64) < count {
             self.done = true;
         }
     }
@@ -144,7 +182,7 @@ fn parse_columns(
         .ok_or_else(|| bad(&key, entry.seq, "position"))?;
     let transitions =
         Transitions::from_bits(transitions).ok_or_else(|| bad(&key, entry.seq, "transitions"))?;
-    Ok(FeedRow {
+    Ok(FeedRow::Entry {
         entry,
         position,
         transitions,
@@ -157,7 +195,7 @@ pub(crate) mod sqlite {
     use rusqlite::{Connection, Transaction, params};
 
     const SELECT_FEED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, \
+         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
          user_id, course_id, position, transitions \
          FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2";
 
@@ -166,9 +204,17 @@ pub(crate) mod sqlite {
 
     /// The position of the batch's first event. SQLite has one writer at a
     /// time (the batch runs under `BEGIN IMMEDIATE`), so reading the newest
-    /// entry inside the transaction and counting on from it makes commit
-    /// order position order, across processes sharing the file too.
+    /// entry and the newest intake exception inside the transaction and
+    /// counting on from the later of the two makes commit order position
+    /// order, across processes sharing the file too.
     pub(crate) fn next_position(transaction: &Transaction<'_>) -> Result<u64, StoreError> {
+        let after_exceptions =
+            crate::intake::sqlite::newest_position(transaction)?.map_or(1, |newest| newest + 1);
+        Ok(next_ledger_position(transaction)?.max(after_exceptions))
+    }
+
+    /// Where the events after the newest ledger entry start.
+    fn next_ledger_position(transaction: &Transaction<'_>) -> Result<u64, StoreError> {
         let mut statement = transaction.prepare_cached(SELECT_LAST).map_err(map_error)?;
         let mut rows = statement.query([]).map_err(map_error)?;
         let Some(row) = rows.next().map_err(map_error)? else {
@@ -192,10 +238,20 @@ pub(crate) mod sqlite {
         Ok(next)
     }
 
+    /// One page of the feed, read in one snapshot: the ledger's rows and the
+    /// exceptions' come from two statements, and a commit between them could
+    /// otherwise show an exception while hiding the entry just before it.
     pub(crate) fn read(
         connection: &Connection,
         query: &EventQuery,
     ) -> Result<EventPage, StoreError> {
+        let snapshot = connection.unchecked_transaction().map_err(map_error)?;
+        let page = read_in(&snapshot, query)?;
+        snapshot.finish().map_err(map_error)?;
+        Ok(page)
+    }
+
+    fn read_in(connection: &Connection, query: &EventQuery) -> Result<EventPage, StoreError> {
         let mut statement = connection.prepare_cached(SELECT_FEED).map_err(map_error)?;
         let mut read = FeedRead::new(query);
         while let Some((from, count)) = read.next_fetch() {
@@ -203,11 +259,15 @@ pub(crate) mod sqlite {
             let mut feed = Vec::new();
             while let Some(row) = rows.next().map_err(map_error)? {
                 let entry = entry_from_row(row)?;
-                let position: Option<i64> = row.get(16).map_err(map_error)?;
-                let transitions: i64 = row.get(17).map_err(map_error)?;
+                let position: Option<i64> = row.get(17).map_err(map_error)?;
+                let transitions: i64 = row.get(18).map_err(map_error)?;
                 feed.push(parse_columns(entry, position, transitions)?);
             }
-            read.take(feed, count);
+            let exceptions = crate::intake::sqlite::from_position(connection, from, count)?
+                .into_iter()
+                .map(FeedRow::Exception)
+                .collect();
+            read.take(feed, exceptions, count);
         }
         Ok(read.finish())
     }
@@ -218,7 +278,7 @@ pub(crate) mod postgres {
     use crate::postgres::{read_error, row_key};
 
     const SELECT_FEED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, \
+         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
          user_id, course_id, position, transitions \
          FROM ledger WHERE position >= $1 ORDER BY position LIMIT $2";
 
@@ -259,8 +319,12 @@ pub(crate) mod postgres {
         Ok(next as u64)
     }
 
+    /// One page of the feed. The caller runs it in one snapshot (a
+    /// repeatable-read transaction): the ledger's rows and the exceptions'
+    /// come from two statements, and a commit between them could otherwise
+    /// show an exception while hiding the entry just before it.
     pub(crate) async fn read(
-        client: &deadpool_postgres::Object,
+        client: &impl deadpool_postgres::GenericClient,
         query: &EventQuery,
     ) -> Result<EventPage, StoreError> {
         let statement = client
@@ -275,14 +339,19 @@ pub(crate) mod postgres {
                 .map_err(read_error)?;
             let mut feed = Vec::with_capacity(rows.len());
             for row in &rows {
-                let key = row_key(row, 14).map_err(StoreError::Internal)?;
+                let key = row_key(row, 15).map_err(StoreError::Internal)?;
                 let (entry, _) =
                     crate::postgres::parse_entry(&key, row, 0).map_err(StoreError::Internal)?;
-                let position: Option<i64> = row.try_get(16).map_err(read_error)?;
-                let transitions: i16 = row.try_get(17).map_err(read_error)?;
+                let position: Option<i64> = row.try_get(17).map_err(read_error)?;
+                let transitions: i16 = row.try_get(18).map_err(read_error)?;
                 feed.push(parse_columns(entry, position, i64::from(transitions))?);
             }
-            read.take(feed, count);
+            let exceptions = crate::intake::postgres::from_position(client, from, count)
+                .await?
+                .into_iter()
+                .map(FeedRow::Exception)
+                .collect();
+            read.take(feed, exceptions, count);
         }
         Ok(read.finish())
     }

@@ -5,6 +5,7 @@
 mod digest;
 mod events;
 mod holds;
+pub mod intake;
 mod postgres;
 mod sqlite;
 pub mod testing;
@@ -12,14 +13,18 @@ mod webhooks;
 
 use bursar_core::ledger::{ChainVerifier, Disagreement};
 use bursar_core::{
-    Digest, DigestCheck, Enrollment, EnrollmentKey, EnrollmentState, Hold, LedgerEntry, Outcome,
-    Request, Timestamp, UserId,
+    Digest, DigestCheck, Enrollment, EnrollmentKey, EnrollmentState, Hold, IntakeException,
+    LedgerEntry, Outcome, Request, Timestamp, UserId,
 };
 use serde::Serialize;
 use std::path::Path;
 
 pub use events::{EVENT_SCAN_ENTRIES_MAX, EventPage, EventQuery};
 pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
+pub use intake::{
+    DUE_EXCEPTIONS_PER_LOOK_MAX, Dismissal, EXCEPTIONS_PAGE_MAX, ExceptionQuery, IntakeAction,
+    IntakeMode, IntakeOperation, IntakeOutcome, IntakeWrite,
+};
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use webhooks::{
@@ -181,6 +186,83 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.execute(requests, now).await,
             Store::Postgres(store) => store.execute(requests, now).await,
+        }
+    }
+
+    /// `execute` with the payment intake's writes riding in the same
+    /// transaction: the plain requests' outcomes, then one outcome per
+    /// intake write (see `intake.rs`).
+    pub async fn execute_with_intake(
+        &self,
+        requests: Vec<Request>,
+        writes: Vec<IntakeWrite>,
+        now: Timestamp,
+    ) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.execute_with_intake(requests, writes, now).await,
+            Store::Postgres(store) => store.execute_with_intake(requests, writes, now).await,
+        }
+    }
+
+    /// The intake exception with this id.
+    pub async fn exception(&self, id: &str) -> Result<Option<IntakeException>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.exception(id.to_owned()).await,
+            Store::Postgres(store) => store.exception(id).await,
+        }
+    }
+
+    /// The intake exceptions a query asks for, oldest first.
+    pub async fn exceptions(
+        &self,
+        query: ExceptionQuery,
+    ) -> Result<Vec<IntakeException>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.exceptions(query).await,
+            Store::Postgres(store) => store.exceptions(&query).await,
+        }
+    }
+
+    /// The open exceptions due for a retry at `now`, soonest first, at most
+    /// `DUE_EXCEPTIONS_PER_LOOK_MAX`.
+    pub async fn due_exceptions(&self, now: Timestamp) -> Result<Vec<IntakeException>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.due_exceptions(now).await,
+            Store::Postgres(store) => store.due_exceptions(now).await,
+        }
+    }
+
+    /// Closes an open exception without the ledger taking it.
+    pub async fn dismiss_exception(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Dismissal, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                store
+                    .dismiss_exception(id.to_owned(), reason.to_owned(), now)
+                    .await
+            }
+            Store::Postgres(store) => store.dismiss_exception(id, reason, now).await,
+        }
+    }
+
+    /// The enrollment whose accepted payment made the first of `objects`
+    /// (a processor's PaymentIntent or Charge ids) that has one.
+    pub async fn intake_link(
+        &self,
+        processor: &str,
+        objects: &[String],
+    ) -> Result<Option<EnrollmentKey>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                store
+                    .intake_link(processor.to_owned(), objects.to_vec())
+                    .await
+            }
+            Store::Postgres(store) => store.intake_link(processor, objects).await,
         }
     }
 

@@ -68,6 +68,7 @@
 //!   `bursar_schema_migrations` rather than on an advisory lock.
 
 use crate::events::{self, EventPage, EventQuery};
+use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
@@ -76,8 +77,8 @@ use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_ho
 use bursar_core::{
     AccessPolicy, AccessStatus, ChainVerifier, CourseId, Currency, Disagreement, Enrollment,
     EnrollmentKey, EnrollmentState, EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey,
-    LedgerEntry, Outcome, PaymentStatus, Price, Reason, Reference, Request, StoredOperation,
-    Timestamp, Transitions, UserId, event_count,
+    IntakeException, LedgerEntry, Outcome, PaymentStatus, Price, Reason, Reference, Request,
+    StoredOperation, Timestamp, Transitions, UserId, event_count,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use rustls::client::WebPkiServerVerifier;
@@ -334,6 +335,44 @@ CREATE TABLE webhook_attempts (
     at BIGINT NOT NULL,
     PRIMARY KEY (endpoint_id, n)
 );
+"#,
+    r#"
+-- Payment intake (see intake.rs): the processor's event on each entry taken
+-- from one, the links from a processor's payment objects to their
+-- enrollment, and the exceptions, each with its place in the global event
+-- order, taken from bursar_event_positions like the ledger's.
+ALTER TABLE ledger ADD COLUMN source TEXT;
+
+CREATE TABLE intake_links (
+    processor TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    PRIMARY KEY (processor, object_id)
+);
+
+CREATE TABLE intake_exceptions (
+    id TEXT PRIMARY KEY,
+    processor TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('OPEN', 'RESOLVED', 'DISMISSED')),
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    user_id TEXT,
+    course_id TEXT,
+    received_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    attempts INTEGER NOT NULL CHECK (attempts >= 1),
+    next_retry_at BIGINT,
+    dismiss_reason TEXT,
+    position BIGINT NOT NULL,
+    event TEXT NOT NULL
+);
+
+CREATE UNIQUE INDEX intake_exceptions_position ON intake_exceptions (position);
+CREATE INDEX intake_exceptions_by_state ON intake_exceptions (state, position);
+CREATE INDEX intake_exceptions_due ON intake_exceptions (next_retry_at) WHERE state = 'OPEN';
 "#,
 ];
 
@@ -955,14 +994,24 @@ impl PostgresStore {
 
     /// Decides and commits one batch, retrying conflicts and dropped
     /// connections; see the module documentation.
-    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
     pub async fn execute(
         &self,
         requests: Vec<Request>,
         now: Timestamp,
     ) -> Result<Vec<Outcome>, StoreError> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
+        Ok(self.execute_with_intake(requests, Vec::new(), now).await?.0)
+    }
+
+    /// `execute` with the intake's writes riding in the same transaction.
+    #[tracing::instrument(skip_all, fields(requests = requests.len(), intake = writes.len()))]
+    pub async fn execute_with_intake(
+        &self,
+        requests: Vec<Request>,
+        writes: Vec<IntakeWrite>,
+        now: Timestamp,
+    ) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), StoreError> {
+        if requests.is_empty() && writes.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         let deadline = Instant::now() + BATCH_DURATION_MAX;
         let mut attempt = 1;
@@ -970,8 +1019,11 @@ impl PostgresStore {
             // Failing to get a connection is not retried: the database is
             // unreachable, and the client should hear so at once.
             let mut client = self.connection().await?;
-            let result =
-                tokio::time::timeout_at(deadline, execute_batch(&mut client, &requests, now)).await;
+            let result = tokio::time::timeout_at(
+                deadline,
+                execute_batch(&mut client, &requests, &writes, now),
+            )
+            .await;
             let failure = match result {
                 Ok(Ok(outcomes)) => return Ok(outcomes),
                 Ok(Err(failure)) => failure,
@@ -997,6 +1049,43 @@ impl PostgresStore {
             tokio::time::sleep(pause).await;
             attempt += 1;
         }
+    }
+
+    pub async fn exception(&self, id: &str) -> Result<Option<IntakeException>, StoreError> {
+        let client = self.connection().await?;
+        intake::postgres::one(&client, id).await
+    }
+
+    pub async fn exceptions(
+        &self,
+        query: &ExceptionQuery,
+    ) -> Result<Vec<IntakeException>, StoreError> {
+        let client = self.connection().await?;
+        intake::postgres::list(&client, query).await
+    }
+
+    pub async fn due_exceptions(&self, now: Timestamp) -> Result<Vec<IntakeException>, StoreError> {
+        let client = self.connection().await?;
+        intake::postgres::due(&client, now).await
+    }
+
+    pub async fn dismiss_exception(
+        &self,
+        id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Dismissal, StoreError> {
+        let client = self.connection().await?;
+        intake::postgres::dismiss(&client, id, reason, now).await
+    }
+
+    pub async fn intake_link(
+        &self,
+        processor: &str,
+        objects: &[String],
+    ) -> Result<Option<EnrollmentKey>, StoreError> {
+        let client = self.connection().await?;
+        intake::postgres::link(&client, processor, objects).await
     }
 
     pub async fn enrollment(&self, key: &EnrollmentKey) -> Result<Option<Enrollment>, StoreError> {
@@ -1075,8 +1164,17 @@ impl PostgresStore {
     }
 
     pub async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
-        let client = self.connection().await?;
-        events::postgres::read(&client, &query).await
+        let mut client = self.connection().await?;
+        let snapshot = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(read_error)?;
+        let page = events::postgres::read(&snapshot, &query).await?;
+        snapshot.commit().await.map_err(read_error)?;
+        Ok(page)
     }
 
     pub async fn event_head(&self) -> Result<u64, StoreError> {
@@ -1314,7 +1412,7 @@ const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price, amount_ch
      amount_held";
 
 const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-     reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at";
+     reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source";
 
 /// Locks every existing enrollment of the batch, in key order.
 const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amount_charged, \
@@ -1328,8 +1426,8 @@ const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amou
 /// by the one-column unique index: a plan on the primary key with a filter
 /// would walk an enrollment's whole ledger for every key.
 const LOAD_STORED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-     reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, user_id, \
-     course_id FROM ledger \
+     reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
+     user_id, course_id FROM ledger \
      WHERE idempotency_lookup = ANY($1::TEXT[])";
 
 const INSERT_ENROLLMENTS: &str = "INSERT INTO enrollments (user_id, course_id, currency, price, \
@@ -1357,20 +1455,29 @@ const UPDATE_ENROLLMENTS: &str = "UPDATE enrollments AS e SET amount_charged = u
 
 const INSERT_ENTRIES: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, \
      currency, idempotency_key, fingerprint, reference, reason, created_at, snapshot, \
-     prev_hash, hash, hold_seq, expires_at, position, transitions) \
+     prev_hash, hash, hold_seq, expires_at, position, transitions, source) \
      SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
      $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], \
-     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::SMALLINT[])";
+     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::SMALLINT[], \
+     $19::TEXT[])";
 
-/// One attempt at a batch: one transaction, a handful of statements.
+/// One attempt at a batch: one transaction, a handful of statements. The
+/// plain requests' outcomes, and each intake write's (see `intake.rs`).
 async fn execute_batch(
     client: &mut Object,
-    requests: &[Request],
+    plain: &[Request],
+    writes: &[IntakeWrite],
     now: Timestamp,
-) -> Result<Vec<Outcome>, Failure> {
+) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), Failure> {
     let lock = client.prepare_cached(LOCK_ENROLLMENTS).await?;
     let transaction = client.transaction().await?;
     let mut input = BatchInput::default();
+
+    // The intake's exceptions first (in id order), then the enrollments (in
+    // key order): every batch locks in this one order.
+    let existing = intake::postgres::load(&transaction, &intake::exception_ids(writes)).await?;
+    let mut prepared = intake::prepare(plain, writes, &existing);
+    let requests: &[Request] = &prepared.requests;
 
     let keys = enrollment_keys(requests);
     let user_ids: Vec<&str> = keys.iter().map(|key| key.user_id.as_str()).collect();
@@ -1399,7 +1506,7 @@ async fn execute_batch(
         // has grown, until autovacuum happens to analyze it (seen on a fresh
         // database: 24 million rows read in six seconds).
         for row in transaction.query(LOAD_STORED, &[&lookups]).await? {
-            let key = row_key(&row, 14).map_err(StoreError::Internal)?;
+            let key = row_key(&row, 15).map_err(StoreError::Internal)?;
             let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
             let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {
                 StoreError::Internal(format!("ledger entry {key} seq {} lost its key", entry.seq))
@@ -1416,6 +1523,7 @@ async fn execute_batch(
         .iter()
         .map(|(key, state)| (key.clone(), state.enrollment.version))
         .collect();
+    input.intake = std::mem::take(&mut prepared.intake);
     let plan = plan_batch(input, requests, now);
 
     let (mut created, mut updated): (Vec<&EnrollmentState>, Vec<&EnrollmentState>) = plan
@@ -1432,12 +1540,22 @@ async fn execute_batch(
     if !updated.is_empty() {
         update_enrollments(&transaction, &updated, &versions_before).await?;
     }
-    if !plan.new_entries.is_empty() {
-        insert_entries(&transaction, &plan.new_entries, &plan.transitions).await?;
-        holds::postgres::write(&transaction, &plan.new_entries).await?;
+    let mut settled = intake::settle(prepared, writes, plan.outcomes, existing, now)?;
+    // One reservation for the entries' events and the new exceptions, in
+    // that order.
+    let entry_events = entry_events(&plan.new_entries, &plan.transitions);
+    let positions = entry_events + settled.new_exceptions();
+    if positions > 0 {
+        let first = events::postgres::reserve_positions(&transaction, positions).await?;
+        if !plan.new_entries.is_empty() {
+            insert_entries(&transaction, &plan.new_entries, &plan.transitions, first).await?;
+            holds::postgres::write(&transaction, &plan.new_entries).await?;
+        }
+        settled.place(first + entry_events);
     }
+    intake::postgres::write(&transaction, &settled).await?;
     transaction.commit().await?;
-    Ok(plan.outcomes)
+    Ok((settled.plain, settled.outcomes))
 }
 
 fn policy_columns(policy: &AccessPolicy) -> (&'static str, Option<i64>) {
@@ -1556,17 +1674,23 @@ async fn update_enrollments(
     Ok(())
 }
 
+/// The events a batch's new entries yield: how many positions they take.
+fn entry_events(entries: &[(LedgerEntry, Hash)], transitions: &[Transitions]) -> u64 {
+    entries
+        .iter()
+        .zip(transitions)
+        .map(|((entry, _), transitions)| event_count(entry.kind, *transitions))
+        .sum()
+}
+
+/// Writes the batch's new entries, the first at position `first`.
 async fn insert_entries(
     transaction: &deadpool_postgres::Transaction<'_>,
     entries: &[(LedgerEntry, Hash)],
     transitions: &[Transitions],
+    first: u64,
 ) -> Result<(), Failure> {
-    let events: u64 = entries
-        .iter()
-        .zip(transitions)
-        .map(|((entry, _), transitions)| event_count(entry.kind, *transitions))
-        .sum();
-    let mut position = events::postgres::reserve_positions(transaction, events).await?;
+    let mut position = first;
     let mut positions = Vec::with_capacity(entries.len());
     let mut bits = Vec::with_capacity(entries.len());
     for ((entry, _), transitions) in entries.iter().zip(transitions) {
@@ -1590,7 +1714,14 @@ async fn insert_entries(
     let mut hashes = Vec::with_capacity(entries.len());
     let mut hold_seqs = Vec::with_capacity(entries.len());
     let mut expiries = Vec::with_capacity(entries.len());
+    let mut sources = Vec::with_capacity(entries.len());
     for (entry, fingerprint) in entries {
+        sources.push(
+            entry
+                .source
+                .as_ref()
+                .map(|source| serde_json::to_string(source).expect("a source serializes")),
+        );
         hold_seqs.push(entry.hold_seq.map(|seq| seq as i64));
         expiries.push(entry.expires_at.map(Timestamp::unix_micros));
         user_ids.push(entry.enrollment.user_id.as_str());
@@ -1631,6 +1762,7 @@ async fn insert_entries(
                 &expiries,
                 &positions,
                 &bits,
+                &sources,
             ],
         )
         .await?;
@@ -1761,6 +1893,10 @@ pub(crate) fn parse_entry(
             .try_get::<_, Option<i64>>(first + 13)
             .map_err(|_| bad("expires_at"))?
             .map(Timestamp::from_unix_micros),
+        source: optional(14, "source")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|_| bad("source"))?,
     };
     let fingerprint = Hash::from_hex(&text(5, "fingerprint")?).ok_or_else(|| bad("fingerprint"))?;
     Ok((entry, fingerprint))
@@ -1801,8 +1937,8 @@ impl EntryPages {
         let Some(row) = self.next_any(transaction).await? else {
             return Ok(None);
         };
-        let user_id: &str = row.try_get(14).map_err(read_error)?;
-        let course_id: &str = row.try_get(15).map_err(read_error)?;
+        let user_id: &str = row.try_get(15).map_err(read_error)?;
+        let course_id: &str = row.try_get(16).map_err(read_error)?;
         if (user_id, course_id) == (ids.0.as_str(), ids.1.as_str()) {
             Ok(Some(row))
         } else {

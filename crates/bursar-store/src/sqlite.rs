@@ -3,6 +3,7 @@
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
 use crate::events::{self, EventPage, EventQuery};
+use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
@@ -10,8 +11,8 @@ use crate::{digest, holds};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
-    EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey, LedgerEntry, Outcome, PaymentStatus,
-    Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+    EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey, IntakeException, LedgerEntry, Outcome,
+    PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -355,6 +356,44 @@ CREATE TABLE webhook_attempts (
     PRIMARY KEY (endpoint_id, n)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Payment intake (see intake.rs): the processor's event on each entry taken
+-- from one, the links from a processor's payment objects to their
+-- enrollment, and the exceptions, each with its place in the global event
+-- order beside the ledger's.
+ALTER TABLE ledger ADD COLUMN source TEXT;
+
+CREATE TABLE intake_links (
+    processor TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    course_id TEXT NOT NULL,
+    PRIMARY KEY (processor, object_id)
+) WITHOUT ROWID;
+
+CREATE TABLE intake_exceptions (
+    id TEXT PRIMARY KEY,
+    processor TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('OPEN', 'RESOLVED', 'DISMISSED')),
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    user_id TEXT,
+    course_id TEXT,
+    received_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_retry_at INTEGER,
+    dismiss_reason TEXT,
+    position INTEGER NOT NULL,
+    event TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE UNIQUE INDEX intake_exceptions_position ON intake_exceptions (position);
+CREATE INDEX intake_exceptions_by_state ON intake_exceptions (state, position);
+CREATE INDEX intake_exceptions_due ON intake_exceptions (next_retry_at) WHERE state = 'OPEN';
+"#,
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -481,7 +520,8 @@ impl SqliteStore {
     }
 
     /// Runs `work` on the writer connection, between batches, on the
-    /// blocking pool: for small writes besides the ledger's (webhook state).
+    /// blocking pool: for small writes besides the ledger's (webhook state,
+    /// intake exceptions dismissed); refused once the file is lost.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -489,6 +529,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         blocking(move || {
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.refuse_if_lost()?;
             work(&mut writer)
         })
         .await
@@ -525,13 +566,23 @@ impl SqliteStore {
         requests: Vec<Request>,
         now: Timestamp,
     ) -> Result<Vec<Outcome>, StoreError> {
+        Ok(self.execute_with_intake(requests, Vec::new(), now).await?.0)
+    }
+
+    /// `execute` with the intake's writes riding in the same transaction.
+    pub async fn execute_with_intake(
+        &self,
+        requests: Vec<Request>,
+        writes: Vec<IntakeWrite>,
+        now: Timestamp,
+    ) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), StoreError> {
         let inner = self.inner.clone();
         blocking(move || {
             // A panic during an earlier batch dropped (and so rolled back) its
             // transaction: the connection is safe to use again.
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             inner.refuse_if_lost()?;
-            match execute_batch(&mut writer, &requests, now) {
+            match execute_batch(&mut writer, &requests, &writes, now) {
                 Ok(outcomes) => {
                     // One `stat` per batch, after the commit and before any
                     // answer: a batch committed into a removed or replaced
@@ -559,6 +610,43 @@ impl SqliteStore {
             }
         })
         .await
+    }
+
+    pub async fn exception(&self, id: String) -> Result<Option<IntakeException>, StoreError> {
+        self.read(move |connection| intake::sqlite::one(connection, &id))
+            .await
+    }
+
+    pub async fn exceptions(
+        &self,
+        query: ExceptionQuery,
+    ) -> Result<Vec<IntakeException>, StoreError> {
+        self.read(move |connection| intake::sqlite::list(connection, &query))
+            .await
+    }
+
+    pub async fn due_exceptions(&self, now: Timestamp) -> Result<Vec<IntakeException>, StoreError> {
+        self.read(move |connection| intake::sqlite::due(connection, now))
+            .await
+    }
+
+    pub async fn dismiss_exception(
+        &self,
+        id: String,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<Dismissal, StoreError> {
+        self.write(move |connection| intake::sqlite::dismiss(connection, &id, &reason, now))
+            .await
+    }
+
+    pub async fn intake_link(
+        &self,
+        processor: String,
+        objects: Vec<String>,
+    ) -> Result<Option<EnrollmentKey>, StoreError> {
+        self.read(move |connection| intake::sqlite::link(connection, &processor, &objects))
+            .await
     }
 
     /// See [`crate::Store::probe_write`]: the file's identity, a truncating
@@ -815,15 +903,24 @@ fn token_record(
     })
 }
 
-/// One batch, one `BEGIN IMMEDIATE … COMMIT`, one fsync of the WAL.
+/// One batch, one `BEGIN IMMEDIATE … COMMIT`, one fsync of the WAL: the
+/// plain requests' outcomes, and each intake write's (see `intake.rs`).
 fn execute_batch(
     connection: &mut Connection,
-    requests: &[Request],
+    plain: &[Request],
+    writes: &[IntakeWrite],
     now: Timestamp,
-) -> Result<Vec<Outcome>, StoreError> {
+) -> Result<(Vec<Outcome>, Vec<IntakeOutcome>), StoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_error)?;
+    let existing = if writes.is_empty() {
+        HashMap::new()
+    } else {
+        intake::sqlite::load(&transaction, &intake::exception_ids(writes))?
+    };
+    let mut prepared = intake::prepare(plain, writes, &existing);
+    let requests: &[Request] = &prepared.requests;
     let mut input = BatchInput::default();
     let named = named_holds(requests);
     for key in enrollment_keys(requests) {
@@ -848,6 +945,7 @@ fn execute_batch(
         .iter()
         .map(|(key, state)| (key.clone(), state.enrollment.version))
         .collect();
+    input.intake = std::mem::take(&mut prepared.intake);
     let plan = plan_batch(input, requests, now);
     for state in &plan.changed {
         let key = state.enrollment.key();
@@ -856,8 +954,9 @@ fn execute_batch(
             Some(version) => update_enrollment(&transaction, state, *version)?,
         }
     }
+    let mut settled = intake::settle(prepared, writes, plan.outcomes, existing, now)?;
     {
-        let mut position = if plan.new_entries.is_empty() {
+        let mut position = if plan.new_entries.is_empty() && settled.new_exceptions() == 0 {
             0
         } else {
             events::sqlite::next_position(&transaction)?
@@ -890,13 +989,20 @@ fn execute_batch(
                     entry.expires_at.map(Timestamp::unix_micros),
                     entry_position as i64,
                     i64::from(transitions.bits()),
+                    entry
+                        .source
+                        .as_ref()
+                        .map(|source| serde_json::to_string(source).expect("a source serializes")),
                 ])
                 .map_err(map_error)?;
         }
+        // The new exceptions take the positions after the batch's entries.
+        settled.place(position);
     }
     holds::sqlite::write(&transaction, &plan.new_entries)?;
+    intake::sqlite::write(&transaction, &settled)?;
     transaction.commit().map_err(map_error)?;
-    Ok(plan.outcomes)
+    Ok((settled.plain, settled.outcomes))
 }
 
 /// The columns of an enrollment row, in the order `read_enrollment_row`
@@ -915,7 +1021,7 @@ macro_rules! enrollment_columns {
 macro_rules! entry_columns {
     () => {
         "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-         reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at"
+         reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source"
     };
 }
 
@@ -957,8 +1063,8 @@ const SELECT_ALL_ENTRIES: &str = concat!(
 
 const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
      idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, \
-     hold_seq, expires_at, position, transitions) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+     hold_seq, expires_at, position, transitions, source) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// The raw columns of an enrollment row, before validation.
 struct EnrollmentRow {
@@ -1168,8 +1274,8 @@ type EntryRow = Result<(LedgerEntry, Hash), String>;
 /// An entry from a row of `entry_columns!()` followed by `user_id,
 /// course_id`.
 pub(crate) fn entry_from_row(row: &Row<'_>) -> Result<LedgerEntry, StoreError> {
-    let user_id: String = row.get(14).map_err(map_error)?;
-    let course_id: String = row.get(15).map_err(map_error)?;
+    let user_id: String = row.get(15).map_err(map_error)?;
+    let course_id: String = row.get(16).map_err(map_error)?;
     let key = EnrollmentKey {
         user_id: UserId::parse(&user_id)
             .map_err(|_| StoreError::Internal(format!("bad stored user_id {user_id:?}")))?,
@@ -1197,6 +1303,7 @@ fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryR
     let hash: String = row.get(11)?;
     let hold_seq: Option<i64> = row.get(12)?;
     let expires_at: Option<i64> = row.get(13)?;
+    let source: Option<String> = row.get(14)?;
     let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
     let parse = || -> Result<(LedgerEntry, Hash), String> {
         let entry = LedgerEntry {
@@ -1221,6 +1328,10 @@ fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryR
                 .transpose()
                 .map_err(|_| bad("hold_seq"))?,
             expires_at: expires_at.map(Timestamp::from_unix_micros),
+            source: source
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|_| bad("source"))?,
             created_at: Timestamp::from_unix_micros(created_at),
             enrollment: serde_json::from_str(&snapshot)
                 .map_err(|error| bad(&format!("snapshot ({error})")))?,

@@ -171,6 +171,18 @@ enum Commands {
         digest_every: Option<u64>,
         #[command(flatten)]
         webhooks: WebhookArgs,
+        /// The signing secrets of the Stripe webhook endpoint that calls
+        /// `POST /v1/intake/stripe` (`whsec_…`), comma-separated: while a
+        /// secret is rotated, give the old and the new one, then drop the
+        /// old. Without any, the intake answers 503 INTAKE_NOT_CONFIGURED.
+        #[arg(
+            long,
+            env = "BURSAR_STRIPE_WEBHOOK_SECRETS",
+            hide_env_values = true,
+            value_delimiter = ',',
+            value_name = "SECRETS"
+        )]
+        stripe_webhook_secrets: Vec<String>,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -427,6 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connections,
             digest_every,
             webhooks,
+            stripe_webhook_secrets,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -435,7 +448,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("failed to listen on {listen}"))?;
-            let app = App::open(&database.database, admin_token.as_deref())
+            let intake = bursar_server::intake::IntakeOptions {
+                stripe_webhook_secrets,
+            };
+            let app = App::open_with(&database.database, admin_token.as_deref(), &intake)
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
                 .with_connections(connections.options())
@@ -462,6 +478,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bursar_server::digest::log_digests(
                     app.state.store.clone(),
                     Duration::from_secs(seconds),
+                );
+            }
+            if app.state.intake.stripe.is_none() {
+                tracing::info!(
+                    "no Stripe webhook secret is configured: POST /v1/intake/stripe answers 503"
                 );
             }
             app.serve(listener, shutdown_signal())

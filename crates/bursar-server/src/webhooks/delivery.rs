@@ -551,10 +551,7 @@ impl EndpointTask {
         }
         self.next_read = page.next_after;
         for event in page.events {
-            let key = EnrollmentKey {
-                user_id: event.user_id.clone(),
-                course_id: event.course_id.clone(),
-            };
+            let key = lane_of(&event);
             let position = event.position;
             if let Some(rows) = self.blocked.get_mut(&key) {
                 // Behind a failed event of its enrollment: it waits there.
@@ -801,4 +798,21 @@ async fn read_event(store: &Store, position: u64) -> Option<Event> {
         .into_iter()
         .next()
         .filter(|event| event.position == position)
+}
+
+/// The queue an event waits in for its endpoint: its enrollment's, so that
+/// one enrollment's events arrive in order. An intake exception that names
+/// no enrollment waits in one queue of its own with the other such
+/// exceptions (`:` may begin an id, so the key is a valid one).
+fn lane_of(event: &bursar_core::Event) -> EnrollmentKey {
+    match (&event.user_id, &event.course_id) {
+        (Some(user_id), Some(course_id)) => EnrollmentKey {
+            user_id: user_id.clone(),
+            course_id: course_id.clone(),
+        },
+        _ => EnrollmentKey {
+            user_id: bursar_core::UserId::parse(":intake").expect("a valid id"),
+            course_id: bursar_core::CourseId::parse(":exceptions").expect("a valid id"),
+        },
+    }
 }

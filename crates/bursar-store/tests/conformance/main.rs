@@ -6,6 +6,7 @@ mod helpers;
 
 mod events;
 mod holds;
+mod intake;
 mod model;
 mod store;
 mod tokens;

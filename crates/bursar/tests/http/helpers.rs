@@ -113,6 +113,13 @@ pub struct TestApp {
 
 static KEYS: AtomicU64 = AtomicU64::new(0);
 
+/// The intake's options with these Stripe webhook secrets.
+pub fn intake_options(secrets: &[&str]) -> bursar_server::intake::IntakeOptions {
+    bursar_server::intake::IntakeOptions {
+        stripe_webhook_secrets: secrets.iter().map(|secret| (*secret).to_owned()).collect(),
+    }
+}
+
 /// A fresh idempotency key, unique within the test process.
 pub fn new_key() -> String {
     format!(
@@ -132,6 +139,13 @@ impl TestApp {
         TestApp::spawn_configured(db, backend, |app| app).await
     }
 
+    /// A service whose payment intake takes Stripe events signed with one of
+    /// `secrets`.
+    pub async fn spawn_with_intake(backend: Backend, secrets: &[&str]) -> TestApp {
+        let db = TestDb::new(backend).await;
+        TestApp::spawn_on_with(db, backend, &intake_options(secrets), |app| app).await
+    }
+
     /// A service on `db` set up by `configure` (webhook delivery, say)
     /// before it serves.
     pub async fn spawn_configured(
@@ -139,8 +153,19 @@ impl TestApp {
         backend: Backend,
         configure: impl FnOnce(bursar_server::App) -> bursar_server::App,
     ) -> TestApp {
+        let intake = bursar_server::intake::IntakeOptions::default();
+        TestApp::spawn_on_with(db, backend, &intake, configure).await
+    }
+
+    /// A service on `db` with these intake options, set up by `configure`.
+    pub async fn spawn_on_with(
+        db: TestDb,
+        backend: Backend,
+        intake: &bursar_server::intake::IntakeOptions,
+        configure: impl FnOnce(bursar_server::App) -> bursar_server::App,
+    ) -> TestApp {
         let app = configure(
-            bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+            bursar_server::App::open_with(&db.url, Some(ADMIN_TOKEN), intake)
                 .await
                 .expect("open app"),
         );

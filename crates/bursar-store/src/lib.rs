@@ -5,6 +5,7 @@
 mod events;
 mod holds;
 mod postgres;
+mod publishers;
 mod sqlite;
 pub mod testing;
 
@@ -19,6 +20,7 @@ use std::path::Path;
 pub use events::{EVENT_SCAN_ENTRIES_MAX, EventPage, EventQuery};
 pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
+pub use publishers::PublisherCursor;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Most enrollments `enrollments_of` returns for one user: far more than any

@@ -292,6 +292,17 @@ INSERT INTO bursar_event_positions (next)
         + (transitions & 1) + ((transitions >> 1) & 1) + ((transitions >> 2) & 1)), 1)
     FROM ledger;
 "#,
+    r#"
+-- Event publishers (see publishers.rs): how far each has delivered the feed,
+-- and which server holds its lease until when (Unix microseconds, by the
+-- database's clock).
+CREATE TABLE event_publishers (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_until BIGINT NOT NULL
+);
+"#,
 ];
 
 /// How the connection is encrypted and whether the server is authenticated,
@@ -877,7 +888,7 @@ impl PostgresStore {
         self.options.shown()
     }
 
-    async fn connection(&self) -> Result<Object, StoreError> {
+    pub(crate) async fn connection(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
 

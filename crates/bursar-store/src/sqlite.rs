@@ -312,6 +312,16 @@ WHERE ledger.user_id = placed.user_id AND ledger.course_id = placed.course_id
 
 CREATE UNIQUE INDEX ledger_position ON ledger (position);
 "#,
+    r#"
+-- Event publishers (see publishers.rs): how far each has delivered the feed,
+-- and which server holds its lease until when (Unix microseconds).
+CREATE TABLE event_publishers (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -459,6 +469,21 @@ impl SqliteStore {
                 readers.push(connection);
             }
             result
+        })
+        .await
+    }
+
+    /// Runs `work` on the writer connection on the blocking pool: for the
+    /// small writes outside batches (the publishers' cursors, `publishers.rs`).
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.refuse_if_lost()?;
+            work(&mut writer)
         })
         .await
     }

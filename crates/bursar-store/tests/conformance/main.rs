@@ -6,5 +6,6 @@ mod helpers;
 
 mod holds;
 mod model;
+mod publishers;
 mod store;
 mod tokens;

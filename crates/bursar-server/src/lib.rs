@@ -12,6 +12,7 @@ pub mod extract;
 pub mod holds;
 pub mod json_errors;
 pub mod metrics;
+pub mod nats;
 pub mod openapi;
 pub mod tokens;
 pub mod writer;
@@ -23,6 +24,7 @@ use crate::error::ApiError;
 use crate::events::FeedSignal;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::metrics::Metrics;
+use crate::nats::{NatsOptions, Publisher};
 use crate::writer::Writer;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -78,6 +80,8 @@ pub struct App {
     pub created_admin_token: Option<auth::NewToken>,
     /// Timeouts and the cap of the connections `serve` accepts.
     pub connections: ConnectionOptions,
+    /// Where `serve` publishes the events, if anywhere.
+    pub nats: Option<NatsOptions>,
 }
 
 impl App {
@@ -101,6 +105,7 @@ impl App {
             writer_task,
             created_admin_token,
             connections: ConnectionOptions::default(),
+            nats: None,
         })
     }
 
@@ -110,25 +115,45 @@ impl App {
         self
     }
 
+    /// The same service, publishing every event to NATS JetStream while it
+    /// serves (see `nats`).
+    pub fn with_nats(mut self, nats: NatsOptions) -> App {
+        self.nats = Some(nats);
+        self
+    }
+
     pub fn router(&self) -> Router {
         router(self.state.clone())
     }
 
     /// Serves until `shutdown` resolves, then stops taking connections,
-    /// finishes the requests in flight, and drains the write queue. See
-    /// `connections` for the limits on connections.
+    /// finishes the requests in flight, drains the write queue, and stops
+    /// the event publisher. See `connections` for the limits on connections.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
+        let publisher = self.nats.map(|options| {
+            Publisher::start(
+                options,
+                self.state.store.clone(),
+                self.state.feed.subscribe(),
+                self.state.metrics.clone(),
+            )
+        });
         connections::serve(listener, router, self.connections, shutdown).await?;
         // The last handles go with the router and the state; the writer then
         // finishes its queue and stops.
         drop(self.state);
         if let Err(error) = self.writer_task.await {
             tracing::error!(%error, "the writer task failed");
+        }
+        // After the last commit: the publisher finishes its page, saves its
+        // cursor and gives up its lease.
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
         }
         Ok(())
     }

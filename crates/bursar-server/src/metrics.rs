@@ -1,6 +1,7 @@
 //! Prometheus metrics, kept in atomics and rendered in the text exposition
 //! format: requests by route and status, request latency, and the writer's
-//! batch sizes, commit latency and queue depth.
+//! batch sizes, commit latency and queue depth, and the broker publisher's
+//! progress when there is one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,6 +73,8 @@ pub struct Metrics {
     commit_seconds: Histogram,
     queue_operations: AtomicU64,
     overloaded: AtomicU64,
+    /// The NATS publisher's figures, rendered only when it runs.
+    pub publisher: crate::nats::PublisherMetrics,
 }
 
 impl Default for Metrics {
@@ -83,6 +86,7 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(LATENCY_SECONDS),
             queue_operations: AtomicU64::new(0),
             overloaded: AtomicU64::new(0),
+            publisher: crate::nats::PublisherMetrics::default(),
         }
     }
 }
@@ -161,6 +165,7 @@ impl Metrics {
             "# HELP bursar_writer_overloaded_total Writes refused because the queue was full.\n# TYPE bursar_writer_overloaded_total counter\nbursar_writer_overloaded_total {}",
             self.overloaded.load(Ordering::Relaxed)
         );
+        self.publisher.render(&mut out);
         out
     }
 }

@@ -6,7 +6,7 @@ mod load_test;
 use anyhow::{Context, bail};
 use bursar_server::auth::{Role, make_token};
 use bursar_server::tokens::{TokenView, parse_lifetime};
-use bursar_server::{App, connections};
+use bursar_server::{App, connections, nats};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
 use load_test::plural;
@@ -86,6 +86,53 @@ impl ConnectionArgs {
     }
 }
 
+/// Publishing every event to NATS JetStream (see README, "Consume events
+/// from NATS JetStream").
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// Publish every event to NATS JetStream at this URL
+    /// (`nats://HOST:4222`; several servers separated by commas), in order,
+    /// at least once, with `Nats-Msg-Id` = the event id.
+    #[arg(
+        long,
+        env = "BURSAR_EVENTS_NATS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    events_nats: Option<String>,
+    /// The JetStream stream the events go into; created (file storage, the
+    /// server's defaults) when missing. Another name per deployment lets
+    /// several deployments share one NATS.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_STREAM", value_name = "NAME",
+        default_value = nats::STREAM_DEFAULT, value_parser = nats::parse_stream_name)]
+    events_nats_stream: String,
+    /// Events go to `PREFIX.<type>` (say `bursar.events.payment.recorded`);
+    /// the stream takes `PREFIX.>`. Another prefix per deployment lets
+    /// several deployments share one NATS.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_SUBJECT_PREFIX", value_name = "PREFIX",
+        default_value = nats::SUBJECT_PREFIX_DEFAULT, value_parser = nats::parse_subject_prefix)]
+    events_nats_subject_prefix: String,
+    /// Seconds a server holds the publishing lease without renewing it: how
+    /// long the other servers on the database wait before taking over from
+    /// one that crashed.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_LEASE", value_name = "SECONDS",
+        default_value_t = nats::PUBLISHER_LEASE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(nats::PUBLISHER_LEASE_MIN.as_secs()..=3600))]
+    events_nats_lease: u64,
+}
+
+impl NatsArgs {
+    fn options(&self) -> Option<nats::NatsOptions> {
+        let url = self.events_nats.as_ref().filter(|url| !url.is_empty())?;
+        Some(nats::NatsOptions {
+            url: url.clone(),
+            stream: self.events_nats_stream.clone(),
+            subject_prefix: self.events_nats_subject_prefix.clone(),
+            lease: Duration::from_secs(self.events_nats_lease),
+        })
+    }
+}
+
 /// Raises the open-file limit to its hard limit and logs both.
 fn raise_fd_limit() {
     match connections::raise_fd_limit() {
@@ -133,6 +180,8 @@ enum Commands {
         log_format: LogFormat,
         #[command(flatten)]
         connections: ConnectionArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -367,6 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token,
             log_format,
             connections,
+            nats,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -375,10 +425,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("failed to listen on {listen}"))?;
-            let app = App::open(&database.database, admin_token.as_deref())
+            let mut app = App::open(&database.database, admin_token.as_deref())
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
                 .with_connections(connections.options());
+            if let Some(options) = nats.options() {
+                app = app.with_nats(options);
+            }
             if let Some(token) = &app.created_admin_token {
                 println!(
                     "bursar: no API token was configured, so an admin token was created (id {}).",

@@ -38,6 +38,10 @@ pub(crate) fn without_bursar_env(mut command: Command) -> Command {
         "BURSAR_IDLE_TIMEOUT",
         "BURSAR_BODY_READ_TIMEOUT",
         "BURSAR_CONNECTIONS_MAX",
+        "BURSAR_EVENTS_NATS",
+        "BURSAR_EVENTS_NATS_STREAM",
+        "BURSAR_EVENTS_NATS_SUBJECT_PREFIX",
+        "BURSAR_EVENTS_NATS_LEASE",
     ] {
         command.env_remove(name);
     }

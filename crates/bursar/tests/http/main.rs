@@ -15,6 +15,7 @@ mod holds;
 mod hostile;
 mod load_test;
 mod many_servers;
+mod nats;
 mod openapi;
 mod operations;
 mod pg_fault;

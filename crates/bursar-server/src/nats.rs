@@ -1,0 +1,599 @@
+//! The broker publisher (`--events-nats`): every event of the feed is
+//! published to NATS JetStream, in position order, at least once, as subject
+//! `<prefix>.<type>` with header `Nats-Msg-Id` = the event id and the event's
+//! JSON (as `GET /v1/events` shows it) as body.
+//!
+//! - **A durable cursor.** The store keeps, per publisher (named after the
+//!   stream: `nats:<stream>`), the position up to which JetStream has
+//!   acknowledged every event (`bursar-store`'s `publishers.rs`). A publisher
+//!   seen for the first time starts at the beginning of the feed.
+//! - **Pipelined, in order.** The publisher reads a page of the feed after
+//!   its cursor, sends every publish of the page, then awaits their acks in
+//!   order; the cursor moves to the last event acknowledged. It is saved at
+//!   most once per `CURSOR_SAVE_INTERVAL` (and on a clean stop), so the
+//!   write path's database pays for a few small updates a second at most.
+//! - **At least once.** On any failure (NATS down, an ack that does not come
+//!   within `PUBLISH_ACK_TIMEOUT`, the database) the publisher backs off and
+//!   resumes from the durable cursor, so an event may be published again;
+//!   the stream drops a second copy with the same `Nats-Msg-Id` within its
+//!   duplicate window (two minutes unless the operator sets another).
+//! - **One publisher at a time.** A lease in the same row (see
+//!   `publishers.rs`) lets one server publish; it is renewed every third of
+//!   its length while that server publishes or waits, and released on a
+//!   clean stop. Another server takes over when it ends (a crash), from the
+//!   durable cursor.
+//! - **Never in the way of payments.** The publisher only reads the feed and
+//!   writes its cursor; nothing on the write path waits for it. Its state
+//!   shows in logs and in `/metrics` (`bursar_events_publisher_*`), not in
+//!   `/readyz`, which stays about the database.
+
+use crate::metrics::Metrics;
+use async_nats::jetstream::{self, message::PublishMessage};
+use bursar_core::Event;
+use bursar_store::{EventQuery, Store};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The stream bursar creates when it is missing.
+pub const STREAM_DEFAULT: &str = "BURSAR_EVENTS";
+
+/// The subjects' prefix: an event goes to `<prefix>.<type>`.
+pub const SUBJECT_PREFIX_DEFAULT: &str = "bursar.events";
+
+/// How long a server holds the publisher's lease without renewing it: how
+/// long the others wait before taking over from a server that crashed. Long
+/// enough that a database or NATS pause of a few seconds does not move
+/// publishing between servers, short enough that events keep flowing.
+pub const PUBLISHER_LEASE: Duration = Duration::from_secs(10);
+
+/// The shortest lease that may be configured: below it the renewals (every
+/// third of the lease) would come faster than a busy database answers.
+pub const PUBLISHER_LEASE_MIN: Duration = Duration::from_secs(2);
+
+/// Events read and published before their acks are awaited. Acks arrive
+/// within a millisecond or so on a local server; a page this size keeps the
+/// connection busy while the acks of a page are collected, and bounds what a
+/// failure sends again from the last acknowledged event (plus what was
+/// acknowledged since the last saved cursor).
+pub const PUBLISH_PAGE_EVENTS: u32 = 1000;
+
+/// How long an ack may take. JetStream answers in milliseconds; five
+/// seconds is a server that is gone or stuck, not one that is slow.
+pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting to NATS may take before it counts as a failure.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the cursor is saved while it moves: after a crash at most this
+/// much publishing is done again, well inside the stream's two-minute
+/// duplicate window, and the database sees at most one small write a second.
+pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The first wait after a failure; each further failure doubles it.
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts: events flow again at most this
+/// long after NATS is back, and a NATS that stays down costs a log line and
+/// a connection attempt this often.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where and how to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsOptions {
+    /// The NATS server(s): `nats://HOST:PORT`, or several separated by commas.
+    pub url: String,
+    /// The JetStream stream the events go into, created when missing.
+    pub stream: String,
+    /// Events go to `<subject_prefix>.<type>`; the stream takes
+    /// `<subject_prefix>.>`.
+    pub subject_prefix: String,
+    /// See `PUBLISHER_LEASE`.
+    pub lease: Duration,
+}
+
+impl NatsOptions {
+    /// The defaults: stream `BURSAR_EVENTS`, subjects `bursar.events.>`.
+    pub fn new(url: impl Into<String>) -> NatsOptions {
+        NatsOptions {
+            url: url.into(),
+            stream: STREAM_DEFAULT.to_owned(),
+            subject_prefix: SUBJECT_PREFIX_DEFAULT.to_owned(),
+            lease: PUBLISHER_LEASE,
+        }
+    }
+
+    /// The publisher's name in the store: one cursor per stream.
+    pub fn publisher_name(&self) -> String {
+        format!("nats:{}", self.stream)
+    }
+
+    /// The subjects the stream takes.
+    pub fn stream_subjects(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+}
+
+/// Checks a stream name as JetStream accepts it: 1 to 255 printable
+/// characters, none of them a space, `.`, `*`, `>`, `/` or `\`.
+pub fn parse_stream_name(name: &str) -> Result<String, String> {
+    let bad = |c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c);
+    if name.is_empty() || name.len() > 255 || name.chars().any(bad) {
+        return Err(format!(
+            "{name:?} is not a stream name: 1 to 255 characters without spaces, '.', '*', '>', '/' or '\\'"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a subject prefix: tokens separated by `.`, none empty, without
+/// spaces or the wildcards `*` and `>`.
+pub fn parse_subject_prefix(prefix: &str) -> Result<String, String> {
+    let bad_token = |token: &str| {
+        token.is_empty()
+            || token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+    };
+    if prefix.len() > 200 || prefix.split('.').any(bad_token) {
+        return Err(format!(
+            "{prefix:?} is not a subject prefix: tokens separated by '.', none empty, \
+             without spaces, '*' or '>' (at most 200 characters)"
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
+/// The NATS URL as logs may show it: any `user:password@` or token is
+/// replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| match server.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once("://").map_or("", |(scheme, _)| scheme);
+                if scheme.is_empty() {
+                    format!("***@{host}")
+                } else {
+                    format!("{scheme}://***@{host}")
+                }
+            }
+            None => server.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The publisher's gauges and counters for `/metrics`.
+#[derive(Default)]
+pub struct PublisherMetrics {
+    /// 1 once a publisher runs in this server.
+    enabled: AtomicU64,
+    published: AtomicU64,
+    failures: AtomicU64,
+    position: AtomicU64,
+    lag: AtomicU64,
+    leader: AtomicU64,
+}
+
+impl PublisherMetrics {
+    pub fn render(&self, out: &mut String) {
+        if self.enabled.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for (name, kind, help, value) in [
+            (
+                "bursar_events_published_total",
+                "counter",
+                "Events JetStream acknowledged, duplicates it dropped included.",
+                &self.published,
+            ),
+            (
+                "bursar_events_publish_failures_total",
+                "counter",
+                "Publishing attempts that failed (NATS unreachable, no ack in time, the database); each is retried.",
+                &self.failures,
+            ),
+            (
+                "bursar_events_publisher_position",
+                "gauge",
+                "The last position JetStream acknowledged, as this server knows it.",
+                &self.position,
+            ),
+            (
+                "bursar_events_publisher_lag",
+                "gauge",
+                "Committed events the publisher has not had acknowledged yet (0 on a server that does not hold the lease).",
+                &self.lag,
+            ),
+            (
+                "bursar_events_publisher_leader",
+                "gauge",
+                "1 while this server holds the publisher's lease.",
+                &self.leader,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// The running publisher: stop it with [`Publisher::stop`].
+pub struct Publisher {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Starts publishing in the background. `feed` wakes it when events may
+    /// have been committed.
+    pub fn start(
+        options: NatsOptions,
+        store: Store,
+        feed: watch::Receiver<u64>,
+        metrics: Arc<Metrics>,
+    ) -> Publisher {
+        let (stop, stopped) = watch::channel(false);
+        metrics.publisher.enabled.store(1, Ordering::Relaxed);
+        let run = Run {
+            name: options.publisher_name(),
+            owner: owner_id(),
+            options,
+            store,
+            feed,
+            metrics,
+            stopped,
+            jetstream: None,
+        };
+        Publisher {
+            stop,
+            task: tokio::spawn(run.run()),
+        }
+    }
+
+    /// Finishes the page being published (its acks wait at most
+    /// `PUBLISH_ACK_TIMEOUT`), saves the cursor, gives up the lease and
+    /// returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "the event publisher failed");
+        }
+    }
+}
+
+/// This process's name in leases: its process id and 64 random bits.
+fn owner_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    format!(
+        "pid{}-{:016x}",
+        std::process::id(),
+        u64::from_be_bytes(bytes)
+    )
+}
+
+/// How a session ended without a failure.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// Another server holds the lease.
+    Standby,
+}
+
+struct Run {
+    options: NatsOptions,
+    name: String,
+    owner: String,
+    store: Store,
+    feed: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+    stopped: watch::Receiver<bool>,
+    /// The connection, once made: the client reconnects by itself.
+    jetstream: Option<jetstream::Context>,
+}
+
+impl Run {
+    async fn run(mut self) {
+        tracing::info!(
+            url = %redact_url(&self.options.url),
+            stream = %self.options.stream,
+            subjects = %self.options.stream_subjects(),
+            owner = %self.owner,
+            "publishing events to NATS JetStream"
+        );
+        let mut failures: u32 = 0;
+        loop {
+            let pause = match self.session().await {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::Standby) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "NATS and the database answer again");
+                    }
+                    failures = 0;
+                    self.metrics.publisher.leader.store(0, Ordering::Relaxed);
+                    self.metrics.publisher.lag.store(0, Ordering::Relaxed);
+                    self.options.lease / 3
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = backoff(failures);
+                    self.metrics
+                        .publisher
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        %error,
+                        failures,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "cannot publish events to NATS JetStream; payments are not affected, and publishing resumes from the saved cursor"
+                    );
+                    self.update_lag().await;
+                    pause
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.stopped.wait_for(|stopped| *stopped) => break,
+            }
+        }
+        if let Err(error) = self.store.release_publisher(&self.name, &self.owner).await {
+            tracing::warn!(%error, "cannot release the event publisher's lease; another server takes over when it ends");
+        }
+        self.metrics.publisher.leader.store(0, Ordering::Relaxed);
+        tracing::info!("the event publisher stopped");
+    }
+
+    /// Connects when not connected, makes sure the stream exists, takes the
+    /// lease and publishes until stopped, the lease is lost, or a failure.
+    async fn session(&mut self) -> Result<Ended, String> {
+        let jetstream = self.connect().await?;
+        self.ensure_stream(&jetstream).await?;
+        let claimed_at = Instant::now();
+        let claimed = self
+            .store
+            .claim_publisher(&self.name, &self.owner, self.options.lease)
+            .await
+            .map_err(|error| format!("cannot take the publisher's lease: {error}"))?;
+        let Some(mut cursor) = claimed else {
+            if self.metrics.publisher.leader.load(Ordering::Relaxed) == 1 {
+                tracing::info!("another server publishes the events now");
+            }
+            return Ok(Ended::Standby);
+        };
+        if self.metrics.publisher.leader.swap(1, Ordering::Relaxed) == 0 {
+            tracing::info!(position = cursor, "this server publishes the events");
+        }
+        self.metrics
+            .publisher
+            .position
+            .store(cursor, Ordering::Relaxed);
+        let renew_every = self.options.lease / 3;
+        let mut renewed = claimed_at;
+        let mut saved = cursor;
+        loop {
+            let stopping = self.stopping();
+            let now = Instant::now();
+            let renew = now >= renewed + renew_every;
+            let save = cursor > saved && (stopping || now >= renewed + CURSOR_SAVE_INTERVAL);
+            if renew || save {
+                if !self.advance(cursor).await? {
+                    tracing::info!("another server took the publisher's lease");
+                    return Ok(Ended::Standby);
+                }
+                renewed = now;
+                saved = cursor;
+            }
+            if stopping {
+                return Ok(Ended::Stopped);
+            }
+            self.feed.borrow_and_update();
+            let page = self
+                .store
+                .events(EventQuery {
+                    after: cursor,
+                    limit: PUBLISH_PAGE_EVENTS,
+                    types: Vec::new(),
+                })
+                .await
+                .map_err(|error| format!("cannot read the event feed: {error}"))?;
+            if page.events.is_empty() {
+                self.metrics.publisher.lag.store(0, Ordering::Relaxed);
+                let wake = if cursor > saved {
+                    renewed + CURSOR_SAVE_INTERVAL
+                } else {
+                    renewed + renew_every
+                };
+                tokio::select! {
+                    changed = self.feed.changed() => {
+                        if changed.is_err() {
+                            // The service is gone: nothing more to publish.
+                            let _ = self.advance(cursor).await;
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = self.stopped.changed() => {}
+                }
+                continue;
+            }
+            let published = self.publish(&jetstream, &page.events, &mut cursor).await;
+            self.metrics
+                .publisher
+                .position
+                .store(cursor, Ordering::Relaxed);
+            if let Err(error) = published {
+                // Keep what was acknowledged, if the database lets us.
+                if cursor > saved {
+                    let _ = self.advance(cursor).await;
+                }
+                return Err(error);
+            }
+            self.update_lag().await;
+        }
+    }
+
+    /// Whether to stop: asked to, or the handle is gone.
+    fn stopping(&self) -> bool {
+        *self.stopped.borrow() || self.stopped.has_changed().is_err()
+    }
+
+    /// Saves the cursor and renews the lease; `false` when it was lost.
+    async fn advance(&self, cursor: u64) -> Result<bool, String> {
+        self.store
+            .advance_publisher(&self.name, &self.owner, cursor, self.options.lease)
+            .await
+            .map_err(|error| format!("cannot save the publisher's cursor: {error}"))
+    }
+
+    async fn connect(&mut self) -> Result<jetstream::Context, String> {
+        if let Some(jetstream) = &self.jetstream {
+            return Ok(jetstream.clone());
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name("bursar")
+            .connection_timeout(CONNECT_TIMEOUT)
+            .connect(self.options.url.as_str())
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot connect to {}: {error}",
+                    redact_url(&self.options.url)
+                )
+            })?;
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(PUBLISH_ACK_TIMEOUT)
+            .max_ack_inflight(2 * PUBLISH_PAGE_EVENTS as usize)
+            .build(client);
+        self.jetstream = Some(jetstream.clone());
+        Ok(jetstream)
+    }
+
+    /// Creates the stream when it is missing; an existing one is used as it
+    /// is (its limits and duplicate window are the operator's).
+    async fn ensure_stream(&self, jetstream: &jetstream::Context) -> Result<(), String> {
+        let subjects = self.options.stream_subjects();
+        let stream = jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.options.stream.clone(),
+                subjects: vec![subjects.clone()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| {
+                format!(
+                    "cannot find or create the stream {}: {error}",
+                    self.options.stream
+                )
+            })?;
+        let config = &stream.cached_info().config;
+        if !config.subjects.contains(&subjects) {
+            tracing::warn!(
+                stream = %self.options.stream,
+                subjects = ?config.subjects,
+                expected = %subjects,
+                "the stream exists with other subjects; publishes it does not take fail"
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes `events` in order: every publish first, then every ack in
+    /// order, moving `cursor` to each acknowledged event.
+    async fn publish(
+        &self,
+        jetstream: &jetstream::Context,
+        events: &[Event],
+        cursor: &mut u64,
+    ) -> Result<(), String> {
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = format!(
+                "{}.{}",
+                self.options.subject_prefix,
+                event.event_type.as_str()
+            );
+            let body = serde_json::to_vec(event)
+                .map_err(|error| format!("cannot encode event {}: {error}", event.id))?;
+            let message = PublishMessage::build()
+                .message_id(&event.id)
+                .expected_stream(&self.options.stream)
+                .payload(body.into());
+            let ack = jetstream
+                .send_publish(subject, message)
+                .await
+                .map_err(|error| format!("cannot publish event {}: {error}", event.position))?;
+            acks.push((event.position, ack));
+        }
+        for (position, ack) in acks {
+            ack.await
+                .map_err(|error| format!("no ack for event {position}: {error}"))?;
+            *cursor = position;
+            self.metrics
+                .publisher
+                .published
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The lag gauge: committed events after the last acknowledged one.
+    async fn update_lag(&self) {
+        if self.metrics.publisher.leader.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(head) = self.store.event_head().await {
+            let position = self.metrics.publisher.position.load(Ordering::Relaxed);
+            let lag = head.saturating_sub(1).saturating_sub(position);
+            self.metrics.publisher.lag.store(lag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The wait after the `failures`-th failure in a row.
+fn backoff(failures: u32) -> Duration {
+    RETRY_BACKOFF_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(RETRY_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_and_prefixes_are_checked() {
+        assert!(parse_stream_name("BURSAR_EVENTS").is_ok());
+        for bad in ["", "A.B", "A B", "A*", "A>", "A/B"] {
+            assert!(parse_stream_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_subject_prefix("bursar.events").is_ok());
+        assert!(parse_subject_prefix("tenant-1.bursar").is_ok());
+        for bad in ["", ".a", "a.", "a..b", "a.*", "a.>", "a b"] {
+            assert!(parse_subject_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_reach_the_logs() {
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url("nats://user:secret@a:4222,tls://token@b:4222"),
+            "nats://***@a:4222,tls://***@b:4222"
+        );
+        assert_eq!(redact_url("user:secret@a:4222"), "***@a:4222");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        assert_eq!(backoff(1), RETRY_BACKOFF_MIN);
+        assert_eq!(backoff(2), RETRY_BACKOFF_MIN * 2);
+        assert_eq!(backoff(40), RETRY_BACKOFF_MAX);
+    }
+}

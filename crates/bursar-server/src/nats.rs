@@ -279,6 +279,13 @@ fn owner_id() -> String {
     )
 }
 
+/// Where the stream ends: its last sequence, and the position of the event
+/// stored there when known.
+struct Tail {
+    position: Option<u64>,
+    sequence: u64,
+}
+
 /// How a session ended without a failure.
 enum Ended {
     /// Asked to stop.
@@ -354,7 +361,7 @@ impl Run {
     /// lease and publishes until stopped, the lease is lost, or a failure.
     async fn session(&mut self) -> Result<Ended, String> {
         let jetstream = self.connect().await?;
-        self.ensure_stream(&jetstream).await?;
+        let mut stream = self.ensure_stream(&jetstream).await?;
         let claimed_at = Instant::now();
         let claimed = self
             .store
@@ -370,13 +377,44 @@ impl Run {
         if self.metrics.publisher.leader.swap(1, Ordering::Relaxed) == 0 {
             tracing::info!(position = cursor, "this server publishes the events");
         }
+        // The stream's own last event, when it has one, says where to go on:
+        // everything up to it is in the stream, in order.
+        let mut tail = self.tail(&mut stream).await?;
+        let head = self
+            .store
+            .event_head()
+            .await
+            .map_err(|error| format!("cannot read the event feed: {error}"))?;
+        if let Some(position) = tail.position.filter(|position| *position >= head) {
+            tracing::error!(
+                position,
+                head,
+                "the stream holds events past the end of the feed (was the database restored from a backup?): going on from the saved cursor"
+            );
+            tail.position = None;
+        }
+        match tail.position {
+            Some(position) if position < cursor => tracing::warn!(
+                position,
+                saved = cursor,
+                "the stream ends before the saved cursor (it lost messages, or they were removed): publishing again from its last event"
+            ),
+            Some(position) if position > cursor => tracing::info!(
+                position,
+                saved = cursor,
+                "the stream holds events past the saved cursor: going on after them"
+            ),
+            _ => {}
+        }
+        let saved_cursor = cursor;
+        cursor = tail.position.unwrap_or(cursor);
         self.metrics
             .publisher
             .position
             .store(cursor, Ordering::Relaxed);
         let renew_every = self.options.lease / 3;
         let mut renewed = claimed_at;
-        let mut saved = cursor;
+        let mut saved = saved_cursor;
         loop {
             let stopping = self.stopping();
             let now = Instant::now();
@@ -423,7 +461,9 @@ impl Run {
                 }
                 continue;
             }
-            let published = self.publish(&jetstream, &page.events, &mut cursor).await;
+            let published = self
+                .publish(&jetstream, &page.events, &mut cursor, &mut tail)
+                .await;
             self.metrics
                 .publisher
                 .position
@@ -477,7 +517,10 @@ impl Run {
 
     /// Creates the stream when it is missing; an existing one is used as it
     /// is (its limits and duplicate window are the operator's).
-    async fn ensure_stream(&self, jetstream: &jetstream::Context) -> Result<(), String> {
+    async fn ensure_stream(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<jetstream::stream::Stream, String> {
         let subjects = self.options.stream_subjects();
         let stream = jetstream
             .get_or_create_stream(jetstream::stream::Config {
@@ -501,19 +544,64 @@ impl Run {
                 "the stream exists with other subjects; publishes it does not take fail"
             );
         }
-        Ok(())
+        Ok(stream)
+    }
+
+    /// The stream's last sequence, and the position of the event stored
+    /// there when it is one of this publisher's (on its subjects, with a
+    /// position); `None` when the stream is empty or ends otherwise.
+    async fn tail(&self, stream: &mut jetstream::stream::Stream) -> Result<Tail, String> {
+        let state = stream
+            .info()
+            .await
+            .map_err(|error| format!("cannot read the stream's state: {error}"))?
+            .state
+            .clone();
+        let mut tail = Tail {
+            position: None,
+            sequence: state.last_sequence,
+        };
+        if state.messages == 0 {
+            return Ok(tail);
+        }
+        // Gone (removed by the stream's limits) or not ours: no position.
+        let Ok(message) = stream.get_raw_message(state.last_sequence).await else {
+            return Ok(tail);
+        };
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            position: u64,
+        }
+        let ours = message
+            .subject
+            .as_str()
+            .strip_prefix(self.options.subject_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('.'));
+        if ours && let Ok(stored) = serde_json::from_slice::<Stored>(&message.payload) {
+            tail.position = Some(stored.position);
+        }
+        Ok(tail)
     }
 
     /// Publishes `events` in order: every publish first, then every ack in
-    /// order, moving `cursor` to each acknowledged event.
+    /// order, moving `cursor` and `tail` to each acknowledged event.
+    ///
+    /// Each publish expects the stream's last sequence to be the one its
+    /// predecessor was stored at (`Nats-Expected-Last-Sequence`): if a
+    /// publish is lost on a connection that breaks while later ones go out
+    /// on the next, those later ones are refused instead of being stored
+    /// ahead of it, and the next session goes on from the stream's tail. A
+    /// second copy of an event still in the duplicate window is answered as
+    /// a duplicate at its first sequence before the expectation is checked.
     async fn publish(
         &self,
         jetstream: &jetstream::Context,
         events: &[Event],
         cursor: &mut u64,
+        tail: &mut Tail,
     ) -> Result<(), String> {
         let mut acks = Vec::with_capacity(events.len());
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             let subject = format!(
                 "{}.{}",
                 self.options.subject_prefix,
@@ -521,10 +609,16 @@ impl Run {
             );
             let body = serde_json::to_vec(event)
                 .map_err(|error| format!("cannot encode event {}: {error}", event.id))?;
-            let message = PublishMessage::build()
+            let mut message = PublishMessage::build()
                 .message_id(&event.id)
                 .expected_stream(&self.options.stream)
                 .payload(body.into());
+            // 0 would mean "no expectation": only the first event into an
+            // empty stream goes without one.
+            let expected = tail.sequence + index as u64;
+            if expected > 0 {
+                message = message.expected_last_sequence(expected);
+            }
             let ack = jetstream
                 .send_publish(subject, message)
                 .await
@@ -532,9 +626,14 @@ impl Run {
             acks.push((event.position, ack));
         }
         for (position, ack) in acks {
-            ack.await
+            let ack = ack
+                .await
                 .map_err(|error| format!("no ack for event {position}: {error}"))?;
             *cursor = position;
+            *tail = Tail {
+                position: Some(position),
+                sequence: ack.sequence,
+            };
             self.metrics
                 .publisher
                 .published

@@ -4,7 +4,9 @@
 //! in order, with its subject, `Nats-Msg-Id` and body; a `bursar serve`
 //! killed with SIGKILL mid-publishing and started again leaves every event
 //! in the stream exactly once; and a NATS that cannot be reached slows no
-//! payment, while the events follow once it can.
+//! payment, while the events follow once it can; a private `nats-server`
+//! killed with SIGKILL mid-publishing and started again ends with every
+//! event once, in order.
 
 use crate::cli::{Serve, bursar};
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
@@ -21,6 +23,7 @@ crate::conformance!(
     every_event_is_published_once_in_order,
     a_sigkill_mid_publishing_loses_no_event_and_duplicates_none,
     nats_down_at_start_slows_no_payment_and_the_events_follow,
+    nats_killed_mid_publishing_and_restarted_loses_no_event_and_keeps_the_order,
 );
 
 /// The environment variable naming the NATS server the tests use.
@@ -440,9 +443,9 @@ async fn every_event_is_published_once_in_order(backend: Backend) {
 }
 
 /// A `bursar serve` killed with SIGKILL while it publishes a backlog, then
-/// started again: the stream ends with every event exactly once (what was
-/// published again after the saved cursor is dropped by `Nats-Msg-Id`) and
-/// in order, the new events after the restart included.
+/// started again: the stream ends with every event exactly once and in
+/// order, the new events after the restart included, and the restart goes
+/// on after the stream's last event rather than from the saved cursor.
 async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Backend) {
     if !nats_available() {
         return;
@@ -456,18 +459,9 @@ async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Ba
     // A backlog of events written with no publisher.
     let mut loader = Serve::start(&db.url, Some(ADMIN_TOKEN), &dir.path().join("load.log")).await;
     enroll(&client, &loader.base, "c1", 1_000_000_000).await;
-    for batch in 0..2 {
-        pay_in_bulk(
-            &client,
-            &loader.base,
-            "c1",
-            batch * BACKLOG_PAYMENTS,
-            BACKLOG_PAYMENTS,
-        )
-        .await;
-    }
+    pay_in_bulk(&client, &loader.base, "c1", 0, BACKLOG_PAYMENTS).await;
     assert!(loader.terminate().await.success());
-    let backlog = 1 + 2 * BACKLOG_PAYMENTS as u64;
+    let backlog = 1 + BACKLOG_PAYMENTS as u64;
 
     // Killed as soon as publishing has begun.
     let mut first = broker.serve(&db.url, &dir.path().join("first.log")).await;
@@ -491,9 +485,11 @@ async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Ba
         "the cursor never passes what was acknowledged"
     );
 
-    // The restart takes over once the dead server's lease has passed, from
-    // the saved cursor, and goes on with new events.
-    let mut second = broker.serve(&db.url, &dir.path().join("second.log")).await;
+    // Two servers start again: the one that takes the lease, once the dead
+    // server's has passed, goes on after the stream's last event; new
+    // events follow.
+    let second = broker.serve(&db.url, &dir.path().join("second.log")).await;
+    let third = broker.serve(&db.url, &dir.path().join("third.log")).await;
     for n in 0..5 {
         let (status, _, body) =
             crate::helpers::pay_raw(&client, &second.base, "c1", &format!("after-{n}"), 1)
@@ -503,28 +499,72 @@ async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Ba
     }
     let feed = feed(&client, &second.base).await;
     assert_eq!(feed.len() as u64, backlog + 5);
+    let mut servers = [second, third];
+    let leader = published_by_one(&client, &servers, &feed).await;
+    let received = broker.read_all().await;
+    assert_stream_is_the_feed(&received, &feed, &broker.prefix);
+    // What was in the stream at the kill was not sent again.
+    let mut sent = 0;
+    for server in &servers {
+        let text = metrics(&client, &server.base).await;
+        sent += metric(&text, "bursar_events_published_total").expect("published");
+    }
+    assert!(
+        sent <= feed.len() as u64 - before_kill,
+        "{sent} sent after the restart, though {before_kill} of {} were in the stream",
+        feed.len()
+    );
+
+    // The leader stops cleanly and gives up its lease: the other goes on.
+    assert!(servers[leader].terminate().await.success());
+    let other = &servers[1 - leader];
+    for n in 0..3 {
+        let (status, _, body) =
+            crate::helpers::pay_raw(&client, &other.base, "c1", &format!("handover-{n}"), 1)
+                .await
+                .expect("pay");
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let feed = self::feed(&client, &other.base).await;
+    assert_eq!(
+        published_by_one(&client, &servers[1 - leader..=1 - leader], &feed).await,
+        0
+    );
+    let received = broker.read_all().await;
+    assert_stream_is_the_feed(&received, &feed, &broker.prefix);
+    assert!(servers[1 - leader].terminate().await.success());
+    broker.delete().await;
+}
+
+/// Waits until one of `servers` (all on one database) has published up to
+/// the last event of `feed`, and checks that it alone holds the lease;
+/// returns its index.
+async fn published_by_one(client: &reqwest::Client, servers: &[Serve], feed: &[Value]) -> usize {
     let last = feed.last().expect("events")["position"].as_u64();
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
     loop {
-        let text = metrics(&client, &second.base).await;
-        if metric(&text, "bursar_events_publisher_position") == last {
-            break;
+        let mut texts = Vec::new();
+        for server in servers {
+            texts.push(metrics(client, &server.base).await);
+        }
+        let leaders: Vec<usize> = (0..servers.len())
+            .filter(|&index| metric(&texts[index], "bursar_events_publisher_leader") == Some(1))
+            .collect();
+        if let [leader] = leaders[..]
+            && metric(&texts[leader], "bursar_events_publisher_position") == last
+        {
+            return leader;
         }
         assert!(
+            leaders.len() <= 1,
+            "two servers hold the publisher's lease at once"
+        );
+        assert!(
             tokio::time::Instant::now() < deadline,
-            "the restarted server did not publish everything: {text}"
+            "the events were not all published: {texts:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let received = broker.read_all().await;
-    assert_stream_is_the_feed(&received, &feed, &broker.prefix);
-    eprintln!(
-        "{before_kill} of {backlog} events published before the kill, cursor saved at {saved}: \
-         {} published again and dropped as duplicates",
-        before_kill - saved
-    );
-    assert!(second.terminate().await.success());
-    broker.delete().await;
 }
 
 /// With NATS unreachable (a closed port) payments are answered as always
@@ -594,4 +634,149 @@ async fn nats_down_at_start_slows_no_payment_and_the_events_follow(backend: Back
     assert_stream_is_the_feed(&received, &feed, &broker.prefix);
     app.stop().await;
     broker.delete().await;
+}
+
+/// The environment variable naming the `nats-server` binary for the test
+/// that runs a private server (default: `nats-server` on the `PATH`).
+const NATS_SERVER_VARIABLE: &str = "BURSAR_TEST_NATS_SERVER";
+
+/// A private `nats-server -js` on a port of its own, with its store in a
+/// temporary directory; killed when dropped.
+struct PrivateNats {
+    child: tokio::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    program: String,
+}
+
+impl PrivateNats {
+    /// Starts one, or returns `None` (outside CI only) when there is no
+    /// `nats-server` to run.
+    async fn start(dir: &std::path::Path) -> Option<PrivateNats> {
+        let program = std::env::var(NATS_SERVER_VARIABLE)
+            .ok()
+            .filter(|program| !program.is_empty())
+            .unwrap_or_else(|| "nats-server".to_owned());
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address").port()
+        };
+        let mut nats = PrivateNats {
+            child: match Self::spawn(&program, port, dir) {
+                Ok(child) => child,
+                Err(error) if std::env::var("CI").is_ok_and(|value| value == "true") => {
+                    panic!(
+                        "CI=true and {program} cannot be run: {error}; install nats-server or set {NATS_SERVER_VARIABLE}"
+                    )
+                }
+                Err(error) => {
+                    eprintln!(
+                        "skipping the private NATS test: cannot run {program} ({error}); set {NATS_SERVER_VARIABLE}"
+                    );
+                    return None;
+                }
+            },
+            port,
+            dir: dir.to_path_buf(),
+            program,
+        };
+        nats.wait_until_listening().await;
+        Some(nats)
+    }
+
+    fn spawn(
+        program: &str,
+        port: u16,
+        dir: &std::path::Path,
+    ) -> std::io::Result<tokio::process::Child> {
+        tokio::process::Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn wait_until_listening(&mut self) {
+        let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                self.child.try_wait().expect("nats-server state").is_none(),
+                "nats-server exited"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server is not listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, then the same server on the same port and store again.
+    async fn kill_and_restart(&mut self) {
+        self.child.kill().await.expect("kill nats-server");
+        self.child = Self::spawn(&self.program, self.port, &self.dir).expect("restart nats-server");
+        self.wait_until_listening().await;
+    }
+}
+
+/// The NATS server itself killed with SIGKILL while bursar publishes a
+/// backlog, and started again: bursar reconnects and goes on, and the
+/// stream ends with every event exactly once, in order — a publish lost
+/// with the connection is never overtaken by the ones after it.
+async fn nats_killed_mid_publishing_and_restarted_loses_no_event_and_keeps_the_order(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(mut nats) = PrivateNats::start(dir.path()).await else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let broker = Broker {
+        jetstream: jetstream::new(client),
+        stream: "BURSAR_EVENTS".to_owned(),
+        prefix: "bursar.events".to_owned(),
+    };
+    let mut options = broker.options();
+    options.url = nats.url();
+    let db = TestDb::new(backend).await;
+    let app = bursar_server::App::open(&db.url, Some(ADMIN_TOKEN))
+        .await
+        .expect("open")
+        .with_nats(options);
+    let app = TestApp::serve_app(app, db, backend).await;
+    let http = reqwest::Client::new();
+    app.enroll("u1", "c1", 1_000_000_000).await;
+    pay_in_bulk(&http, &app.base, "c1", 0, 8192).await;
+    broker.wait_for(1).await;
+    nats.kill_and_restart().await;
+    // Written while NATS was away or reconnecting.
+    pay_in_bulk(&http, &app.base, "c1", 8192, 2000).await;
+
+    let feed = feed(&http, &app.base).await;
+    let last = feed.last().expect("events")["position"].as_u64();
+    let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+    loop {
+        let text = metrics(&http, &app.base).await;
+        if metric(&text, "bursar_events_publisher_position") == last {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bursar did not publish everything after NATS came back: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = broker.read_all().await;
+    assert_stream_is_the_feed(&received, &feed, &broker.prefix);
+    app.stop().await;
 }

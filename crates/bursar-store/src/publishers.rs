@@ -135,7 +135,7 @@ mod sqlite {
     fn now_micros() -> i64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| micros(elapsed))
+            .map_or(0, micros)
     }
 
     pub(super) fn claim(

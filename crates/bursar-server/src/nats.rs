@@ -6,22 +6,30 @@
 //! - **A durable cursor.** The store keeps, per publisher (named after the
 //!   stream: `nats:<stream>`), the position up to which JetStream has
 //!   acknowledged every event (`bursar-store`'s `publishers.rs`). A publisher
-//!   seen for the first time starts at the beginning of the feed.
-//! - **Pipelined, in order.** The publisher reads a page of the feed after
-//!   its cursor, sends every publish of the page, then awaits their acks in
-//!   order; the cursor moves to the last event acknowledged. It is saved at
-//!   most once per `CURSOR_SAVE_INTERVAL` (and on a clean stop), so the
-//!   write path's database pays for a few small updates a second at most.
-//! - **At least once.** On any failure (NATS down, an ack that does not come
-//!   within `PUBLISH_ACK_TIMEOUT`, the database) the publisher backs off and
-//!   resumes from the durable cursor, so an event may be published again;
-//!   the stream drops a second copy with the same `Nats-Msg-Id` within its
-//!   duplicate window (two minutes unless the operator sets another).
-//! - **One publisher at a time.** A lease in the same row (see
-//!   `publishers.rs`) lets one server publish; it is renewed every third of
-//!   its length while that server publishes or waits, and released on a
-//!   clean stop. Another server takes over when it ends (a crash), from the
-//!   durable cursor.
+//!   seen for the first time starts at the beginning of the feed. The cursor
+//!   is saved at most once per `CURSOR_SAVE_INTERVAL` while it moves (and on
+//!   a clean stop), so the database sees a few small writes a second at most.
+//! - **Pipelined, in order, without gaps.** The publisher reads a page of the
+//!   feed, sends every publish of the page, then awaits the acks in order;
+//!   an event counts as published only once acknowledged. Each publish
+//!   carries `Nats-Expected-Last-Sequence` = the stream sequence of the event
+//!   before it, so a publish lost with a broken connection is never
+//!   overtaken by the ones sent after it on the next connection: JetStream
+//!   refuses those, and the stream stays the feed's prefix, in order.
+//! - **Resuming.** On any failure (NATS down, an ack that does not come
+//!   within `PUBLISH_ACK_TIMEOUT`, the database) the publisher backs off
+//!   (`RETRY_BACKOFF_MIN` doubling to `RETRY_BACKOFF_MAX`) and starts again
+//!   after the stream's last event — which it reads from the stream — or,
+//!   when the stream has none of its events (empty, or aged out), after the
+//!   durable cursor. So nothing the stream holds is sent again, however long
+//!   the outage; a copy that is sent again all the same (two servers at a
+//!   lease's handover) is dropped by the stream's duplicate window on its
+//!   `Nats-Msg-Id` (two minutes unless the operator sets another).
+//! - **One publisher at a time.** A lease in the cursor's row lets one server
+//!   publish; it is renewed every third of its length, and released on a
+//!   clean stop. Another server takes over when it runs out (a crash). Even
+//!   two publishers at once keep the stream in order: both send in order
+//!   from the stream's tail, with the same expectations.
 //! - **Never in the way of payments.** The publisher only reads the feed and
 //!   writes its cursor; nothing on the write path waits for it. Its state
 //!   shows in logs and in `/metrics` (`bursar_events_publisher_*`), not in
@@ -66,7 +74,13 @@ pub const PUBLISH_PAGE_EVENTS: u32 = 1000;
 pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long connecting to NATS may take before it counts as a failure.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a clean stop waits for the publisher: the acks of the page
+/// in flight (`PUBLISH_ACK_TIMEOUT`), then saving the cursor and giving up
+/// the lease. Past it the publisher is abandoned: its lease runs out by
+/// itself and the next publisher goes on after the stream's last event.
+pub const PUBLISHER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the cursor is saved while it moves: after a crash at most this
 /// much publishing is done again, well inside the stream's two-minute
@@ -259,11 +273,18 @@ impl Publisher {
 
     /// Finishes the page being published (its acks wait at most
     /// `PUBLISH_ACK_TIMEOUT`), saves the cursor, gives up the lease and
-    /// returns.
-    pub async fn stop(self) {
+    /// returns; within `PUBLISHER_STOP_TIMEOUT` in any case.
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "the event publisher failed");
+        match tokio::time::timeout(PUBLISHER_STOP_TIMEOUT, &mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the event publisher failed"),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!(
+                    "the event publisher did not stop in time; its lease runs out by itself"
+                );
+            }
         }
     }
 }
@@ -498,7 +519,7 @@ impl Run {
         }
         let client = async_nats::ConnectOptions::new()
             .name("bursar")
-            .connection_timeout(CONNECT_TIMEOUT)
+            .connection_timeout(NATS_CONNECT_TIMEOUT)
             .connect(self.options.url.as_str())
             .await
             .map_err(|error| {

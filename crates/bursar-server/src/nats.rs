@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bursar_core::Event;
 use bursar_store::{EventQuery, Store};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,6 +308,12 @@ struct Tail {
     sequence: u64,
 }
 
+/// A publish sent and not yet acknowledged.
+struct InFlight {
+    position: u64,
+    ack: jetstream::context::PublishAckFuture,
+}
+
 /// How a session ended without a failure.
 enum Ended {
     /// Asked to stop.
@@ -360,7 +367,7 @@ impl Run {
                         %error,
                         failures,
                         retry_in_ms = pause.as_millis() as u64,
-                        "cannot publish events to NATS JetStream; payments are not affected, and publishing resumes from the saved cursor"
+                        "cannot publish events to NATS JetStream; payments are not affected, and publishing resumes where the stream ends"
                     );
                     self.update_lag().await;
                     pause
@@ -429,6 +436,13 @@ impl Run {
         }
         let saved_cursor = cursor;
         cursor = tail.position.unwrap_or(cursor);
+        // The stream sequence each event of this session will be stored at,
+        // counted from where the stream ends: event `sent + 1 + i` follows
+        // sequence `tail.sequence + i` (a copy already stored is answered at
+        // the sequence it has, which is the same).
+        let mut sent = cursor;
+        let base = (cursor, tail.sequence);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         self.metrics
             .publisher
             .position
@@ -448,21 +462,50 @@ impl Run {
                 }
                 renewed = now;
                 saved = cursor;
+                self.update_lag().await;
             }
             if stopping {
-                return Ok(Ended::Stopped);
+                if in_flight.is_empty() {
+                    return Ok(Ended::Stopped);
+                }
+                // Collect what is in flight, then save it at the loop's top.
+                self.settle(&mut in_flight, 0, &mut cursor, &mut saved)
+                    .await?;
+                continue;
             }
             self.feed.borrow_and_update();
             let page = self
                 .store
                 .events(EventQuery {
-                    after: cursor,
+                    after: sent,
                     limit: PUBLISH_PAGE_EVENTS,
                     types: Vec::new(),
                 })
                 .await
                 .map_err(|error| format!("cannot read the event feed: {error}"))?;
-            if page.events.is_empty() {
+            if !page.events.is_empty() {
+                // This page goes out while the previous one's acks come in;
+                // then those acks are collected, leaving this page in flight.
+                let sending = self
+                    .send(&jetstream, &page.events, base, &mut in_flight)
+                    .await;
+                if let Err(error) = sending {
+                    self.settle(&mut in_flight, 0, &mut cursor, &mut saved)
+                        .await?;
+                    return Err(error);
+                }
+                sent = page.next_after;
+                self.settle(&mut in_flight, page.events.len(), &mut cursor, &mut saved)
+                    .await?;
+                continue;
+            }
+            if !in_flight.is_empty() {
+                self.settle(&mut in_flight, 0, &mut cursor, &mut saved)
+                    .await?;
+                continue;
+            }
+            {
+                // Caught up: everything committed is acknowledged.
                 self.metrics.publisher.lag.store(0, Ordering::Relaxed);
                 let wake = if cursor > saved {
                     renewed + CURSOR_SAVE_INTERVAL
@@ -480,23 +523,7 @@ impl Run {
                     _ = tokio::time::sleep_until(wake) => {}
                     _ = self.stopped.changed() => {}
                 }
-                continue;
             }
-            let published = self
-                .publish(&jetstream, &page.events, &mut cursor, &mut tail)
-                .await;
-            self.metrics
-                .publisher
-                .position
-                .store(cursor, Ordering::Relaxed);
-            if let Err(error) = published {
-                // Keep what was acknowledged, if the database lets us.
-                if cursor > saved {
-                    let _ = self.advance(cursor).await;
-                }
-                return Err(error);
-            }
-            self.update_lag().await;
         }
     }
 
@@ -528,9 +555,14 @@ impl Run {
                     redact_url(&self.options.url)
                 )
             })?;
+        // Two pages are in flight at most; the client also holds on to the
+        // acks of a window given up after a failure until they come or time
+        // out, so there is room for two windows besides, and they time out
+        // as soon as awaited ones do.
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(PUBLISH_ACK_TIMEOUT)
-            .max_ack_inflight(2 * PUBLISH_PAGE_EVENTS as usize)
+            .ack_timeout(PUBLISH_ACK_TIMEOUT)
+            .max_ack_inflight(4 * PUBLISH_PAGE_EVENTS as usize)
             .build(client);
         self.jetstream = Some(jetstream.clone());
         Ok(jetstream)
@@ -604,25 +636,25 @@ impl Run {
         Ok(tail)
     }
 
-    /// Publishes `events` in order: every publish first, then every ack in
-    /// order, moving `cursor` and `tail` to each acknowledged event.
+    /// Sends a publish for each of `events`, in order, queueing their acks.
     ///
     /// Each publish expects the stream's last sequence to be the one its
-    /// predecessor was stored at (`Nats-Expected-Last-Sequence`): if a
+    /// predecessor is stored at (`Nats-Expected-Last-Sequence`), counted
+    /// from `base` (a position and the sequence it is stored at): if a
     /// publish is lost on a connection that breaks while later ones go out
     /// on the next, those later ones are refused instead of being stored
     /// ahead of it, and the next session goes on from the stream's tail. A
-    /// second copy of an event still in the duplicate window is answered as
-    /// a duplicate at its first sequence before the expectation is checked.
-    async fn publish(
+    /// copy of an event still in the duplicate window is answered as a
+    /// duplicate at its first sequence before the expectation is checked.
+    async fn send(
         &self,
         jetstream: &jetstream::Context,
         events: &[Event],
-        cursor: &mut u64,
-        tail: &mut Tail,
+        base: (u64, u64),
+        in_flight: &mut VecDeque<InFlight>,
     ) -> Result<(), String> {
-        let mut acks = Vec::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
+        let (base_position, base_sequence) = base;
+        for event in events {
             let subject = format!(
                 "{}.{}",
                 self.options.subject_prefix,
@@ -636,7 +668,7 @@ impl Run {
                 .payload(body.into());
             // 0 would mean "no expectation": only the first event into an
             // empty stream goes without one.
-            let expected = tail.sequence + index as u64;
+            let expected = base_sequence + (event.position - base_position - 1);
             if expected > 0 {
                 message = message.expected_last_sequence(expected);
             }
@@ -644,22 +676,45 @@ impl Run {
                 .send_publish(subject, message)
                 .await
                 .map_err(|error| format!("cannot publish event {}: {error}", event.position))?;
-            acks.push((event.position, ack));
+            in_flight.push_back(InFlight {
+                position: event.position,
+                ack,
+            });
         }
-        for (position, ack) in acks {
-            let ack = ack
-                .await
-                .map_err(|error| format!("no ack for event {position}: {error}"))?;
-            *cursor = position;
-            *tail = Tail {
-                position: Some(position),
-                sequence: ack.sequence,
+        Ok(())
+    }
+
+    /// Awaits the oldest acks, in order, until at most `keep` are in flight,
+    /// moving `cursor` to each acknowledged event. On a failure the rest is
+    /// dropped, and what was acknowledged is saved if the database lets it.
+    async fn settle(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        keep: usize,
+        cursor: &mut u64,
+        saved: &mut u64,
+    ) -> Result<(), String> {
+        while in_flight.len() > keep {
+            let Some(InFlight { position, ack }) = in_flight.pop_front() else {
+                break;
             };
+            if let Err(error) = ack.await {
+                in_flight.clear();
+                if *cursor > *saved && self.advance(*cursor).await == Ok(true) {
+                    *saved = *cursor;
+                }
+                return Err(format!("no ack for event {position}: {error}"));
+            }
+            *cursor = position;
             self.metrics
                 .publisher
                 .published
                 .fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics
+            .publisher
+            .position
+            .store(*cursor, Ordering::Relaxed);
         Ok(())
     }
 

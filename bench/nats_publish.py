@@ -16,8 +16,9 @@ Usage, from the repository root, with a NATS server (`nats-server -js`):
   python3 bench/nats_publish.py [--nats nats://127.0.0.1:4222] [--batches 13] [--runs 3]
       [--database postgres://USER@HOST/DATABASE]
 
-Without --database it uses a SQLite file in a temporary directory. Each
-run's stream is deleted afterwards.
+Without --database it uses a SQLite file in a temporary directory; a
+PostgreSQL database is created if missing (use a fresh one: it is left in
+place). Each run's stream is deleted afterwards.
 """
 
 import argparse
@@ -92,6 +93,9 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         database = arguments.database or f"sqlite://{directory}/bench.db"
         log = open(os.path.join(directory, "serve.log"), "w")
+        # `serve` never creates a PostgreSQL database; `migrate` does.
+        subprocess.run([BURSAR, "migrate", "--database", database], check=True,
+                       stdout=subprocess.DEVNULL)
         loader, base, _ = start(database, [], log)
         request("PUT", f"{base}/v1/users/u1/courses/c1", {"currency": "USD", "price": 10**12})
         for batch in range(arguments.batches):

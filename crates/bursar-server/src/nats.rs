@@ -10,8 +10,10 @@
 //!   is saved at most once per `CURSOR_SAVE_INTERVAL` while it moves (and on
 //!   a clean stop), so the database sees a few small writes a second at most.
 //! - **Pipelined, in order, without gaps.** The publisher reads a page of the
-//!   feed, sends every publish of the page, then awaits the acks in order;
-//!   an event counts as published only once acknowledged. Each publish
+//!   feed and sends every publish of it, then awaits the acks of the page
+//!   before, in order, so one page is read and sent while the acks of the
+//!   one before come in; an event counts as published only once
+//!   acknowledged. Each publish
 //!   carries `Nats-Expected-Last-Sequence` = the stream sequence of the event
 //!   before it, so a publish lost with a broken connection is never
 //!   overtaken by the ones sent after it on the next connection: JetStream
@@ -63,11 +65,10 @@ pub const PUBLISHER_LEASE: Duration = Duration::from_secs(10);
 /// third of the lease) would come faster than a busy database answers.
 pub const PUBLISHER_LEASE_MIN: Duration = Duration::from_secs(2);
 
-/// Events read and published before their acks are awaited. Acks arrive
+/// Events read and sent at once; the acks of one page are awaited while the
+/// next is read and sent, so at most two pages are in flight. Acks arrive
 /// within a millisecond or so on a local server; a page this size keeps the
-/// connection busy while the acks of a page are collected, and bounds what a
-/// failure sends again from the last acknowledged event (plus what was
-/// acknowledged since the last saved cursor).
+/// connection busy meanwhile, and bounds what a failure leaves unacknowledged.
 pub const PUBLISH_PAGE_EVENTS: u32 = 1000;
 
 /// How long an ack may take. JetStream answers in milliseconds; five

@@ -694,6 +694,10 @@ async fn serve_help_describes_every_flag() {
         "BURSAR_DATABASE_URL",
         "BURSAR_ADMIN_TOKEN",
         "BURSAR_LOG_FORMAT",
+        "BURSAR_EVENTS_NATS",
+        "BURSAR_EVENTS_NATS_STREAM",
+        "BURSAR_EVENTS_NATS_SUBJECT_PREFIX",
+        "BURSAR_EVENTS_NATS_LEASE",
     ] {
         assert!(help.contains(needed), "{needed} missing from:\n{help}");
     }

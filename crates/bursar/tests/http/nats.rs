@@ -780,3 +780,39 @@ async fn nats_killed_mid_publishing_and_restarted_loses_no_event_and_keeps_the_o
     assert_stream_is_the_feed(&received, &feed, &broker.prefix);
     app.stop().await;
 }
+
+/// A stream name, subject prefix or lease the broker would refuse is
+/// refused by `serve` at once, naming the flag, before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nats_options_are_refused_at_start() {
+    for (flag, value) in [
+        ("--events-nats-stream", "BURSAR.EVENTS"),
+        ("--events-nats-subject-prefix", "bursar.*"),
+        ("--events-nats-subject-prefix", "bursar..events"),
+        ("--events-nats-lease", "1"),
+    ] {
+        let finished = crate::cli::run_bursar(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "sqlite:///nonexistent/dir/bursar.db",
+            "--events-nats",
+            "nats://127.0.0.1:4222",
+            flag,
+            value,
+        ])
+        .await;
+        assert_eq!(
+            finished.code,
+            Some(2),
+            "{flag} {value}: {}",
+            finished.stderr
+        );
+        assert!(
+            finished.stderr.contains(flag),
+            "{flag} {value}: {}",
+            finished.stderr
+        );
+    }
+}

@@ -83,12 +83,15 @@ def delete_stream(nats, stream):
 
 
 def main():
+    global BURSAR
     parser = argparse.ArgumentParser()
     parser.add_argument("--nats", default="nats://127.0.0.1:4222")
     parser.add_argument("--batches", type=int, default=13)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--database")
+    parser.add_argument("--bursar", default=BURSAR, help="the bursar binary")
     arguments = parser.parse_args()
+    BURSAR = arguments.bursar
 
     with tempfile.TemporaryDirectory() as directory:
         database = arguments.database or f"sqlite://{directory}/bench.db"

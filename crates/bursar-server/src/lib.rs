@@ -14,6 +14,7 @@ pub mod holds;
 pub mod intake;
 pub mod json_errors;
 pub mod metrics;
+pub mod nats;
 pub mod openapi;
 pub mod tokens;
 pub mod webhooks;
@@ -26,6 +27,7 @@ use crate::error::ApiError;
 use crate::events::FeedSignal;
 use crate::extract::REQUEST_BODY_BYTES_MAX;
 use crate::metrics::Metrics;
+use crate::nats::{NatsOptions, Publisher};
 use crate::webhooks::{WebhookOptions, Webhooks};
 use crate::writer::Writer;
 use axum::Router;
@@ -89,6 +91,8 @@ pub struct App {
     pub connections: ConnectionOptions,
     /// Whether `serve` delivers webhooks, and how.
     webhooks: Option<WebhookOptions>,
+    /// Where `serve` publishes the events, if anywhere.
+    pub nats: Option<NatsOptions>,
 }
 
 impl App {
@@ -128,6 +132,7 @@ impl App {
             created_admin_token,
             connections: ConnectionOptions::default(),
             webhooks: None,
+            nats: None,
         })
     }
 
@@ -146,19 +151,34 @@ impl App {
         self
     }
 
+    /// The same service, publishing every event to NATS JetStream while it
+    /// serves (see `nats`).
+    pub fn with_nats(mut self, nats: NatsOptions) -> App {
+        self.nats = Some(nats);
+        self
+    }
+
     pub fn router(&self) -> Router {
         router(self.state.clone())
     }
 
     /// Serves until `shutdown` resolves, then stops taking connections,
-    /// finishes the requests in flight, and drains the write queue. See
-    /// `connections` for the limits on connections.
+    /// finishes the requests in flight, drains the write queue, and stops
+    /// the event publisher. See `connections` for the limits on connections.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = self.router();
+        let publisher = self.nats.map(|options| {
+            Publisher::start(
+                options,
+                self.state.store.clone(),
+                self.state.feed.subscribe(),
+                self.state.metrics.clone(),
+            )
+        });
         let (stop_webhooks, stopped) = tokio::sync::watch::channel(false);
         let engine = self.webhooks.map(|options| {
             webhooks::delivery::start(
@@ -185,6 +205,11 @@ impl App {
         drop(self.state);
         if let Err(error) = self.writer_task.await {
             tracing::error!(%error, "the writer task failed");
+        }
+        // After the last commit: the publisher finishes its page, saves its
+        // cursor and gives up its lease.
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, kept in atomics and rendered in the text exposition
 //! format: requests by route and status, request latency, the writer's
-//! batch sizes, commit latency and queue depth, and webhook attempts.
+//! batch sizes, commit latency and queue depth, webhook attempts, and the
+//! broker publisher's progress when there is one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,6 +75,8 @@ pub struct Metrics {
     overloaded: AtomicU64,
     webhooks_delivered: AtomicU64,
     webhooks_failed: AtomicU64,
+    /// The NATS publisher's figures, rendered only when it runs.
+    pub publisher: crate::nats::PublisherMetrics,
 }
 
 impl Default for Metrics {
@@ -87,6 +90,7 @@ impl Default for Metrics {
             overloaded: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhooks_failed: AtomicU64::new(0),
+            publisher: crate::nats::PublisherMetrics::default(),
         }
     }
 }
@@ -181,6 +185,7 @@ impl Metrics {
             self.webhooks_delivered.load(Ordering::Relaxed),
             self.webhooks_failed.load(Ordering::Relaxed)
         );
+        self.publisher.render(&mut out);
         out
     }
 }

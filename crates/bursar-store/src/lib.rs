@@ -7,6 +7,7 @@ mod events;
 mod holds;
 pub mod intake;
 mod postgres;
+mod publishers;
 mod sqlite;
 pub mod testing;
 mod webhooks;
@@ -26,6 +27,7 @@ pub use intake::{
     IntakeMode, IntakeOperation, IntakeOutcome, IntakeWrite,
 };
 pub use postgres::{PostgresOptions, PostgresStore, TlsMode};
+pub use publishers::PublisherCursor;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use webhooks::{
     AcquiredEndpoint, DeliveryAttempt, DeliveryProgress, EndpointState, PendingDelivery,

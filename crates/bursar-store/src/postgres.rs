@@ -374,6 +374,17 @@ CREATE UNIQUE INDEX intake_exceptions_position ON intake_exceptions (position);
 CREATE INDEX intake_exceptions_by_state ON intake_exceptions (state, position);
 CREATE INDEX intake_exceptions_due ON intake_exceptions (next_retry_at) WHERE state = 'OPEN';
 "#,
+    r#"
+-- Event publishers (see publishers.rs): how far each has delivered the feed,
+-- and which server holds its lease until when (Unix microseconds, by the
+-- database's clock).
+CREATE TABLE event_publishers (
+    name TEXT PRIMARY KEY,
+    position BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_until BIGINT NOT NULL
+);
+"#,
 ];
 
 /// How the connection is encrypted and whether the server is authenticated,

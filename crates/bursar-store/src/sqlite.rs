@@ -394,6 +394,16 @@ CREATE UNIQUE INDEX intake_exceptions_position ON intake_exceptions (position);
 CREATE INDEX intake_exceptions_by_state ON intake_exceptions (state, position);
 CREATE INDEX intake_exceptions_due ON intake_exceptions (next_retry_at) WHERE state = 'OPEN';
 "#,
+    r#"
+-- Event publishers (see publishers.rs): how far each has delivered the feed,
+-- and which server holds its lease until when (Unix microseconds).
+CREATE TABLE event_publishers (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -521,7 +531,8 @@ impl SqliteStore {
 
     /// Runs `work` on the writer connection, between batches, on the
     /// blocking pool: for small writes besides the ledger's (webhook state,
-    /// intake exceptions dismissed); refused once the file is lost.
+    /// intake exceptions dismissed, the publishers' cursors); refused once
+    /// the file is lost.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use bursar_server::auth::{Role, make_token};
 use bursar_server::digest::DIGEST_EVERY_SECONDS_MAX;
 use bursar_server::tokens::{TokenView, parse_duration, parse_lifetime};
-use bursar_server::{App, connections, webhooks};
+use bursar_server::{App, connections, nats, webhooks};
 use bursar_store::{DatabaseUrl, Store, redact_url};
 use clap::{Parser, Subcommand, ValueEnum};
 use load_test::plural;
@@ -85,6 +85,53 @@ impl ConnectionArgs {
             body_read_timeout: Duration::from_secs(self.body_read_timeout),
             connections_max: self.connections_max,
         }
+    }
+}
+
+/// Publishing every event to NATS JetStream (see README, "Consume events
+/// from NATS JetStream").
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// Publish every event to NATS JetStream at this URL
+    /// (`nats://HOST:4222`; several servers separated by commas), in order,
+    /// at least once, with `Nats-Msg-Id` = the event id.
+    #[arg(
+        long,
+        env = "BURSAR_EVENTS_NATS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    events_nats: Option<String>,
+    /// The JetStream stream the events go into; created (file storage, the
+    /// server's defaults) when missing. Another name per deployment lets
+    /// several deployments share one NATS.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_STREAM", value_name = "NAME",
+        default_value = nats::STREAM_DEFAULT, value_parser = nats::parse_stream_name)]
+    events_nats_stream: String,
+    /// Events go to `PREFIX.<type>` (say `bursar.events.payment.recorded`);
+    /// the stream takes `PREFIX.>`. Another prefix per deployment lets
+    /// several deployments share one NATS.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_SUBJECT_PREFIX", value_name = "PREFIX",
+        default_value = nats::SUBJECT_PREFIX_DEFAULT, value_parser = nats::parse_subject_prefix)]
+    events_nats_subject_prefix: String,
+    /// Seconds a server holds the publishing lease without renewing it: how
+    /// long the other servers on the database wait before taking over from
+    /// one that crashed.
+    #[arg(long, env = "BURSAR_EVENTS_NATS_LEASE", value_name = "SECONDS",
+        default_value_t = nats::PUBLISHER_LEASE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(nats::PUBLISHER_LEASE_MIN.as_secs()..=3600))]
+    events_nats_lease: u64,
+}
+
+impl NatsArgs {
+    fn options(&self) -> Option<nats::NatsOptions> {
+        let url = self.events_nats.as_ref().filter(|url| !url.is_empty())?;
+        Some(nats::NatsOptions {
+            url: url.clone(),
+            stream: self.events_nats_stream.clone(),
+            subject_prefix: self.events_nats_subject_prefix.clone(),
+            lease: Duration::from_secs(self.events_nats_lease),
+        })
     }
 }
 
@@ -183,6 +230,8 @@ enum Commands {
             value_name = "SECRETS"
         )]
         stripe_webhook_secrets: Vec<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -440,6 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             digest_every,
             webhooks,
             stripe_webhook_secrets,
+            nats,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -451,11 +501,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let intake = bursar_server::intake::IntakeOptions {
                 stripe_webhook_secrets,
             };
-            let app = App::open_with(&database.database, admin_token.as_deref(), &intake)
+            let mut app = App::open_with(&database.database, admin_token.as_deref(), &intake)
                 .await
                 .with_context(|| format!("failed to open {}", redact_url(&database.database)))?
                 .with_connections(connections.options())
                 .with_webhooks(webhooks.options());
+            if let Some(options) = nats.options() {
+                app = app.with_nats(options);
+            }
             if webhooks.webhooks_allow_private {
                 tracing::warn!(
                     "webhooks may reach loopback, private and link-local addresses \

@@ -85,10 +85,11 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
     let before = everything(&store).await;
     drop(store);
     // Back to the schema of before events: no positions, no transitions (and
-    // none of webhooks and the payment intake, which came after).
+    // none of webhooks, publishers and the payment intake, which came after).
     match backend {
         Backend::Sqlite => db.execute_sql(
-            "DROP TABLE webhook_endpoints;
+            "DROP TABLE event_publishers;
+             DROP TABLE webhook_endpoints;
              DROP TABLE webhook_pending;
              DROP TABLE webhook_attempts;
              DROP TABLE intake_exceptions;
@@ -100,7 +101,8 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
              PRAGMA user_version = 3;",
         ),
         Backend::Postgres => db.execute_sql(
-            "DROP TABLE webhook_endpoints;
+            "DROP TABLE event_publishers;
+             DROP TABLE webhook_endpoints;
              DROP TABLE webhook_pending;
              DROP TABLE webhook_attempts;
              DROP TABLE intake_exceptions;

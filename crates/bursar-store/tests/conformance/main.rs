@@ -8,5 +8,6 @@ mod events;
 mod holds;
 mod intake;
 mod model;
+mod publishers;
 mod store;
 mod tokens;

@@ -41,6 +41,10 @@ pub(crate) fn without_bursar_env(mut command: Command) -> Command {
         "BURSAR_DIGEST_EVERY",
         "BURSAR_WEBHOOKS_ALLOW_PRIVATE",
         "BURSAR_WEBHOOKS_LEASE",
+        "BURSAR_EVENTS_NATS",
+        "BURSAR_EVENTS_NATS_STREAM",
+        "BURSAR_EVENTS_NATS_SUBJECT_PREFIX",
+        "BURSAR_EVENTS_NATS_LEASE",
     ] {
         command.env_remove(name);
     }
@@ -693,6 +697,10 @@ async fn serve_help_describes_every_flag() {
         "BURSAR_DATABASE_URL",
         "BURSAR_ADMIN_TOKEN",
         "BURSAR_LOG_FORMAT",
+        "BURSAR_EVENTS_NATS",
+        "BURSAR_EVENTS_NATS_STREAM",
+        "BURSAR_EVENTS_NATS_SUBJECT_PREFIX",
+        "BURSAR_EVENTS_NATS_LEASE",
     ] {
         assert!(help.contains(needed), "{needed} missing from:\n{help}");
     }

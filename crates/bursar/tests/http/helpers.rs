@@ -169,6 +169,11 @@ impl TestApp {
                 .await
                 .expect("open app"),
         );
+        TestApp::serve_app(app, db, backend).await
+    }
+
+    /// Serves an `App` opened (and configured) by the caller on `db`.
+    pub async fn serve_app(app: bursar_server::App, db: TestDb, backend: Backend) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

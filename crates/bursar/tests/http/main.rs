@@ -18,6 +18,7 @@ mod hostile;
 mod intake;
 mod load_test;
 mod many_servers;
+mod nats;
 mod openapi;
 mod operations;
 mod pg_fault;

@@ -26,6 +26,13 @@ use std::time::Duration;
 /// and closed after.
 const READER_CONNECTIONS_IDLE_MAX: usize = 8;
 
+/// How long opening a database keeps trying while another process holds
+/// it (starting or migrating at the same moment), and the pause between
+/// tries: twice the busy timeout, so a long migration elsewhere is waited
+/// for.
+const OPEN_RETRY_DURATION_MAX: Duration = Duration::from_secs(10);
+const OPEN_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// How long a connection waits for another process's lock before the
 /// operation fails as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -506,8 +513,24 @@ async fn blocking<T: Send + 'static>(
 impl SqliteStore {
     pub async fn open(options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         blocking(move || {
-            let mut writer = open_connection(&options, true)?;
-            migrate(&mut writer)?;
+            // Processes starting at once on a new file race to switch it to
+            // WAL, and SQLite refuses the loser at once (no busy wait there):
+            // it tries again, as a later start would.
+            let started = std::time::Instant::now();
+            let writer = loop {
+                let attempt = open_connection(&options, true).and_then(|mut writer| {
+                    migrate(&mut writer)?;
+                    Ok(writer)
+                });
+                match attempt {
+                    Err(StoreError::Unavailable(_))
+                        if started.elapsed() < OPEN_RETRY_DURATION_MAX =>
+                    {
+                        std::thread::sleep(OPEN_RETRY_PAUSE);
+                    }
+                    other => break other?,
+                }
+            };
             let identity = FileIdentity::of(&options.path).map_err(|error| {
                 StoreError::Storage(format!("cannot stat {}: {error}", options.path.display()))
             })?;

@@ -6,6 +6,7 @@ use crate::AppState;
 use crate::api::ErrorBody;
 use crate::api::json_response;
 use crate::error::ApiError;
+use crate::extract::query_number;
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -97,18 +98,6 @@ pub struct EventsParams {
     pub wait: Duration,
 }
 
-fn parse_number<T: std::str::FromStr + PartialOrd>(
-    value: &str,
-    range: std::ops::RangeInclusive<T>,
-    message: impl FnOnce() -> String,
-) -> Result<T, ApiError> {
-    value
-        .parse()
-        .ok()
-        .filter(|number| range.contains(number))
-        .ok_or_else(|| ApiError::invalid(message()))
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
     type Rejection = ApiError;
 
@@ -133,17 +122,17 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             match name {
                 "after" => {
-                    params.query.after = parse_number(value, 0..=i64::MAX as u64, || {
+                    params.query.after = query_number(value, 0..=i64::MAX as u64, || {
                         format!("after must be an integer position from 0 to {}", i64::MAX)
                     })?
                 }
                 "limit" => {
-                    params.query.limit = parse_number(value, 1..=EVENTS_LIMIT_MAX, || {
+                    params.query.limit = query_number(value, 1..=EVENTS_LIMIT_MAX, || {
                         format!("limit must be an integer from 1 to {EVENTS_LIMIT_MAX}")
                     })?
                 }
                 "wait" => {
-                    let seconds = parse_number(value, 0..=EVENTS_WAIT_SECONDS_MAX, || {
+                    let seconds = query_number(value, 0..=EVENTS_WAIT_SECONDS_MAX, || {
                         format!(
                             "wait must be an integer from 0 to {EVENTS_WAIT_SECONDS_MAX} seconds"
                         )

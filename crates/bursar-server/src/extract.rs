@@ -117,6 +117,20 @@ where
 /// Default and largest page of `GET …/ledger`.
 pub const LEDGER_PAGE_ENTRIES_DEFAULT: u32 = 100;
 
+/// A number of a query string within `range`, else 400 `INVALID_REQUEST`
+/// with `message`: the one rule of every paging parameter.
+pub fn query_number<T: std::str::FromStr + PartialOrd>(
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+    message: impl FnOnce() -> String,
+) -> Result<T, ApiError> {
+    value
+        .parse()
+        .ok()
+        .filter(|number| range.contains(number))
+        .ok_or_else(|| ApiError::invalid(message()))
+}
+
 /// `?after=SEQ&limit=N` of `GET …/ledger`.
 pub struct LedgerPage {
     pub after: u64,
@@ -146,25 +160,17 @@ impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
                 "after" => {
                     // Sequence numbers are 64-bit signed integers in the
                     // databases and in the OpenAPI document.
-                    page.after = value
-                        .parse()
-                        .ok()
-                        .filter(|after| *after <= i64::MAX as u64)
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!(
-                                "after must be an integer sequence number from 0 to {}",
-                                i64::MAX
-                            ))
-                        })?
+                    page.after = query_number(value, 0..=i64::MAX as u64, || {
+                        format!(
+                            "after must be an integer sequence number from 0 to {}",
+                            i64::MAX
+                        )
+                    })?
                 }
                 "limit" => {
-                    page.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=max).contains(limit))
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!("limit must be an integer from 1 to {max}"))
-                        })?
+                    page.limit = query_number(value, 1..=max, || {
+                        format!("limit must be an integer from 1 to {max}")
+                    })?
                 }
                 _ => {
                     return Err(ApiError::invalid(format!(

@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::api::{ErrorBody, json_response};
 use crate::bodies::read_body;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, query_number};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -398,25 +398,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ExceptionParams {
                     })?)
                 }
                 "after" => {
-                    query.after = value
-                        .parse()
-                        .ok()
-                        .filter(|after| *after <= i64::MAX as u64)
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!(
-                                "after must be an integer position from 0 to {}",
-                                i64::MAX
-                            ))
-                        })?
+                    query.after = query_number(value, 0..=i64::MAX as u64, || {
+                        format!("after must be an integer position from 0 to {}", i64::MAX)
+                    })?
                 }
                 "limit" => {
-                    query.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=max).contains(limit))
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!("limit must be an integer from 1 to {max}"))
-                        })?
+                    query.limit = query_number(value, 1..=max, || {
+                        format!("limit must be an integer from 1 to {max}")
+                    })?
                 }
                 _ => {
                     return Err(ApiError::invalid(format!(

@@ -14,7 +14,7 @@ pub mod ssrf;
 use crate::AppState;
 use crate::api::{ErrorBody, json_response};
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, query_number};
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -404,15 +404,9 @@ impl<S: Send + Sync> FromRequestParts<S> for DeliveriesParams {
         {
             match pair.split_once('=').unwrap_or((pair, "")) {
                 ("limit", value) => {
-                    limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=DELIVERIES_LIMIT_MAX).contains(limit))
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!(
-                                "limit must be an integer from 1 to {DELIVERIES_LIMIT_MAX}"
-                            ))
-                        })?;
+                    limit = query_number(value, 1..=DELIVERIES_LIMIT_MAX, || {
+                        format!("limit must be an integer from 1 to {DELIVERIES_LIMIT_MAX}")
+                    })?;
                 }
                 (name, _) => {
                     return Err(ApiError::invalid(format!(

@@ -266,23 +266,9 @@ pub fn exception_event(exception: &IntakeException) -> Event {
 mod tests {
     use super::*;
 
-    const KINDS: [EntryKind; 11] = [
-        EntryKind::Enroll,
-        EntryKind::Payment,
-        EntryKind::Credit,
-        EntryKind::Refund,
-        EntryKind::Charge,
-        EntryKind::Complete,
-        EntryKind::Cancel,
-        EntryKind::Hold,
-        EntryKind::Capture,
-        EntryKind::Void,
-        EntryKind::Expire,
-    ];
-
     #[test]
     fn counts_match_the_types_and_stay_within_the_bound() {
-        for kind in KINDS {
+        for kind in EntryKind::ALL {
             for bits in 0..8 {
                 let transitions = Transitions::from_bits(bits).expect("bits");
                 let types = event_types(kind, transitions);

@@ -102,6 +102,21 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind.
+    pub const ALL: [EntryKind; 11] = [
+        EntryKind::Enroll,
+        EntryKind::Payment,
+        EntryKind::Credit,
+        EntryKind::Refund,
+        EntryKind::Charge,
+        EntryKind::Complete,
+        EntryKind::Cancel,
+        EntryKind::Hold,
+        EntryKind::Capture,
+        EntryKind::Void,
+        EntryKind::Expire,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             EntryKind::Enroll => "ENROLL",
@@ -119,21 +134,9 @@ impl EntryKind {
     }
 
     pub fn parse(text: &str) -> Option<EntryKind> {
-        [
-            EntryKind::Enroll,
-            EntryKind::Payment,
-            EntryKind::Credit,
-            EntryKind::Refund,
-            EntryKind::Charge,
-            EntryKind::Complete,
-            EntryKind::Cancel,
-            EntryKind::Hold,
-            EntryKind::Capture,
-            EntryKind::Void,
-            EntryKind::Expire,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
+        EntryKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 

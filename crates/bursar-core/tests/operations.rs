@@ -1320,20 +1320,7 @@ fn status_and_kind_names_are_the_wire_names() {
         E::Cancelled,
     ];
     check(&statuses, E::as_str, E::parse);
-    let kinds = [
-        EntryKind::Enroll,
-        EntryKind::Payment,
-        EntryKind::Credit,
-        EntryKind::Refund,
-        EntryKind::Charge,
-        EntryKind::Complete,
-        EntryKind::Cancel,
-        EntryKind::Hold,
-        EntryKind::Capture,
-        EntryKind::Void,
-        EntryKind::Expire,
-    ];
-    check(&kinds, EntryKind::as_str, EntryKind::parse);
+    check(&EntryKind::ALL, EntryKind::as_str, EntryKind::parse);
     let holds = [
         HoldState::Open,
         HoldState::Captured,

@@ -27,7 +27,14 @@ async fn feed(app: &TestApp, after: u64, limit: u32) -> Vec<Value> {
     read_all(&app.client, &app.base, after, limit).await
 }
 
-async fn read_all(client: &reqwest::Client, base: &str, mut after: u64, limit: u32) -> Vec<Value> {
+/// Every event of the feed at `base` after `after`, oldest first, read in
+/// pages of `limit`.
+pub(crate) async fn read_all(
+    client: &reqwest::Client,
+    base: &str,
+    mut after: u64,
+    limit: u32,
+) -> Vec<Value> {
     let mut events = Vec::new();
     loop {
         let page = read_page(client, base, after, limit, 0).await;

@@ -9,6 +9,7 @@
 //! event once, in order.
 
 use crate::cli::{Serve, bursar};
+use crate::events::read_all;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
 use async_nats::jetstream;
 use bursar_server::nats::NatsOptions;
@@ -222,29 +223,6 @@ impl Broker {
     }
 }
 
-/// Every event of the feed at `base`, oldest first.
-async fn feed(client: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: Value = client
-            .get(format!("{base}/v1/events?after={after}&limit=1000"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("GET /v1/events")
-            .json()
-            .await
-            .expect("events JSON");
-        let page = page["events"].as_array().expect("events").clone();
-        let Some(last) = page.last() else {
-            return events;
-        };
-        after = last["position"].as_u64().expect("position");
-        events.extend(page);
-    }
-}
-
 /// The stream holds exactly the feed: the same events in the same order,
 /// each on `<prefix>.<type>` with its id as `Nats-Msg-Id`, the body equal to
 /// the event as `GET /v1/events` shows it.
@@ -400,7 +378,7 @@ async fn every_event_is_published_once_in_order(backend: Backend) {
     app.enroll("u1", "bulk", 1_000_000_000).await;
     pay_in_bulk(&client, &app.base, "bulk", 0, 1500).await;
 
-    let feed = feed(&client, &app.base).await;
+    let feed = read_all(&client, &app.base, 0, 1000).await;
     assert!(feed.len() > 1500);
     broker.wait_for(feed.len() as u64).await;
     let received = broker.read_all().await;
@@ -497,7 +475,7 @@ async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Ba
                 .expect("pay");
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let feed = feed(&client, &second.base).await;
+    let feed = read_all(&client, &second.base, 0, 1000).await;
     assert_eq!(feed.len() as u64, backlog + 5);
     let mut servers = [second, third];
     let leader = published_by_one(&client, &servers, &feed).await;
@@ -525,7 +503,7 @@ async fn a_sigkill_mid_publishing_loses_no_event_and_duplicates_none(backend: Ba
                 .expect("pay");
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let feed = self::feed(&client, &other.base).await;
+    let feed = read_all(&client, &other.base, 0, 1000).await;
     assert_eq!(
         published_by_one(&client, &servers[1 - leader..=1 - leader], &feed).await,
         0
@@ -627,7 +605,7 @@ async fn nats_down_at_start_slows_no_payment_and_the_events_follow(backend: Back
         .expect("open")
         .with_nats(broker.options());
     let app = TestApp::serve_app(app, db, backend).await;
-    let feed = feed(&client, &app.base).await;
+    let feed = read_all(&client, &app.base, 0, 1000).await;
     assert!(feed.len() >= 21);
     broker.wait_for(feed.len() as u64).await;
     let received = broker.read_all().await;
@@ -762,7 +740,7 @@ async fn nats_killed_mid_publishing_and_restarted_loses_no_event_and_keeps_the_o
     // Written while NATS was away or reconnecting.
     pay_in_bulk(&http, &app.base, "c1", 8192, 2000).await;
 
-    let feed = feed(&http, &app.base).await;
+    let feed = read_all(&http, &app.base, 0, 1000).await;
     let last = feed.last().expect("events")["position"].as_u64();
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
     loop {

@@ -9,6 +9,7 @@
 //! registration and on the address connected to; bad input is a 4xx.
 
 use crate::cli::{Serve, bursar};
+use crate::events::read_all;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, TestDb};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -229,28 +230,6 @@ async fn register_receiver(app: &TestApp, receiver: &Receiver, types: Option<Val
     answer
 }
 
-/// Every event of the feed after `after`, oldest first.
-async fn feed_after(client: &reqwest::Client, base: &str, mut after: u64) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let page: Value = client
-            .get(format!("{base}/v1/events?after={after}&limit=1000"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("events")
-            .json()
-            .await
-            .expect("events JSON");
-        let page = page["events"].as_array().expect("events").clone();
-        let Some(last) = page.last() else {
-            return events;
-        };
-        after = last["position"].as_u64().expect("position");
-        events.extend(page);
-    }
-}
-
 fn ids(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -351,7 +330,7 @@ async fn every_event_arrives_signed_in_order(backend: Backend) {
     }
     pay(&app, "early", "c", 500).await;
 
-    let expected = feed_after(&app.client, &app.base, started_after).await;
+    let expected = read_all(&app.client, &app.base, started_after, 1000).await;
     assert!(
         expected
             .iter()
@@ -436,7 +415,7 @@ async fn a_failing_receiver_gets_its_events_on_the_retry(backend: Backend) {
         pay(&app, "u1", "c", n).await;
         pay(&app, "u2", "c", n).await;
     }
-    let expected = feed_after(&app.client, &app.base, started_after).await;
+    let expected = read_all(&app.client, &app.base, started_after, 1000).await;
     receiver.wait_for(&ids(&expected)).await;
     receiver.assert_all_signed();
     assert_in_order_per_enrollment(&receiver.received());
@@ -492,7 +471,7 @@ async fn a_hung_receiver_delays_no_payment_nor_other_endpoint_nor_the_stop(backe
     );
     // The healthy endpoint gets everything while the hung one holds its
     // deliveries open.
-    let expected = feed_after(&app.client, &app.base, started_after).await;
+    let expected = read_all(&app.client, &app.base, started_after, 1000).await;
     let waited = Instant::now();
     healthy.wait_for(&ids(&expected)).await;
     println!(
@@ -516,7 +495,7 @@ async fn a_replay_sends_the_same_ids_again_and_wakes_a_failing_endpoint(backend:
     let started_after = created["started_after"].as_u64().expect("started_after");
     app.enroll("u1", "c", 1_000).await;
     pay(&app, "u1", "c", 100).await;
-    let expected = feed_after(&app.client, &app.base, started_after).await;
+    let expected = read_all(&app.client, &app.base, started_after, 1000).await;
     receiver.wait_for(&ids(&expected)).await;
     let first = receiver.received().len();
 
@@ -561,7 +540,7 @@ async fn a_replay_sends_the_same_ids_again_and_wakes_a_failing_endpoint(backend:
             before,
             "a failing endpoint is paused"
         );
-        let head = feed_after(&app.client, &app.base, 0).await;
+        let head = read_all(&app.client, &app.base, 0, 1000).await;
         let last = head.last().expect("events")["position"]
             .as_u64()
             .expect("position");
@@ -577,10 +556,11 @@ async fn a_replay_sends_the_same_ids_again_and_wakes_a_failing_endpoint(backend:
         assert_eq!(replayed["failing_since"], Value::Null);
         // Its cursor never moves forward: the payment made while it was
         // paused still arrives.
-        let missed = feed_after(
+        let missed = read_all(
             &app.client,
             &app.base,
             expected.last().expect("e")["position"].as_u64().expect("p"),
+            1000,
         )
         .await;
         receiver.wait_for(&ids(&missed)).await;
@@ -876,7 +856,7 @@ async fn sigkill_mid_delivery_loses_no_event(backend: Backend) {
         .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let expected = feed_after(&client, &second.base, started_after).await;
+    let expected = read_all(&client, &second.base, started_after, 1000).await;
     receiver.wait_for(&ids(&expected)).await;
     receiver.assert_all_signed();
     let received = receiver.received();
@@ -944,7 +924,7 @@ mod postgres_only {
         for payer in payers {
             payer.await.expect("payer");
         }
-        let expected = feed_after(&client, &servers[0].base, started_after).await;
+        let expected = read_all(&client, &servers[0].base, started_after, 1000).await;
         receiver.wait_for(&ids(&expected)).await;
         // Anything sent twice would have arrived by now too.
         tokio::time::sleep(Duration::from_millis(500)).await;

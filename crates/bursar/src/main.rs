@@ -1,7 +1,8 @@
 //! The `bursar` command line: `serve`, `load-test`, `audit`, `digest`,
-//! `token`, `backup`, `migrate`.
+//! `export`, `token`, `backup`, `migrate`.
 
 mod audit;
+mod export;
 mod load_test;
 
 use anyhow::{Context, bail};
@@ -260,6 +261,33 @@ enum Commands {
     Digest {
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Write the ledger entries of a period (`from <= created_at < to`) in
+    /// global order, as CSV (a header line, then one row per entry) or JSON
+    /// Lines (one object per line): the same bytes `GET /v1/export` serves.
+    /// Streamed: memory stays flat whatever the size. A progress bar shows
+    /// on a terminal, and one line of rows, bytes and seconds at the end.
+    Export {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The start of the period, included (any RFC 3339 date-time, such
+        /// as 2026-03-01T00:00:00Z or 2026-03-01T00:00:00+01:00); default
+        /// the beginning of the ledger.
+        #[arg(long, value_name = "TIME", value_parser = export::parse_time)]
+        from: Option<bursar_core::Timestamp>,
+        /// The end of the period, excluded; default now. Neither bound may
+        /// be in the future.
+        #[arg(long, value_name = "TIME", value_parser = export::parse_time)]
+        to: Option<bursar_core::Timestamp>,
+        /// csv or jsonl. CSV puts a `'` before a text that starts with =, +,
+        /// -, @, a tab or a carriage return, so spreadsheets show it as
+        /// text; JSON Lines keeps every text exact.
+        #[arg(long, default_value = "csv", value_parser = export::parse_format)]
+        format: bursar_server::export::ExportFormat,
+        /// The file to write (it must not exist; it appears only once the
+        /// export is complete); default standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Make, list and revoke API tokens.
     Token {
@@ -557,6 +585,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Digest { database } => {
             let store = open_existing(&database.database).await?;
             audit::take(&store).await
+        }
+        Commands::Export {
+            database,
+            from,
+            to,
+            format,
+            output,
+        } => {
+            let period =
+                bursar_server::finance::Period::new(from, to, bursar_server::writer::now())
+                    .map_err(anyhow::Error::msg)?;
+            // Checked before the database is opened, as backup does.
+            if let Some(output) = &output
+                && output.exists()
+            {
+                bail!(
+                    "the output path {} exists already; export never overwrites a file",
+                    output.display()
+                );
+            }
+            let store = open_existing(&database.database).await?;
+            export::export(store, format, period, output.as_deref()).await
         }
         Commands::Token { command } => token_command(command).await,
         Commands::Backup { database, output } => {

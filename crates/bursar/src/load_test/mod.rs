@@ -27,11 +27,11 @@ use bursar_core::{
 use bursar_server::writer::QUEUE_OPERATIONS_MAX;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-pub(crate) use report::plural;
 use report::{
     ConfigReport, ErrorsReport, PaymentsReport, Report, RequestsReport, ServerReport,
-    ThroughputReport, latency_report, render, thousands,
+    ThroughputReport, latency_report, render,
 };
+pub(crate) use report::{plural, thousands};
 use serde::{Deserialize, Serialize};
 use spawn::SpawnedServer;
 use std::collections::BTreeMap;

@@ -431,7 +431,7 @@ const MARKUP: &str = "<img src=x onerror=alert(1)>";
 const FORMULA: &str = "=HYPERLINK(\"http://x\",\"y\")";
 
 /// Three enrollments written interleaved, with texts that test the CSV.
-async fn interleaved(app: &TestApp) -> Vec<Value> {
+pub(crate) async fn interleaved(app: &TestApp) -> Vec<Value> {
     app.enroll("u1", "c1", 10_000).await;
     app.enroll("u2", "c1", 10_000).await;
     let pay = |user: &str, reference: &str| {

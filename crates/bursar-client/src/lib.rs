@@ -45,7 +45,7 @@ pub use tokens::{CreateTokenRequest, CreatedToken, TokenInfo};
 pub use types::*;
 
 use crate::retry::{Attempt, Jitter};
-use bursar_core::{Enrollment, EnrollmentKey, IdempotencyKey, LedgerEntry, UserId};
+use bursar_core::{Enrollment, EnrollmentKey, IdempotencyKey, LedgerEntry, Timestamp, UserId};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
@@ -595,6 +595,65 @@ impl<C: Clock> Client<C> {
         self.get(url, parse_json::<EnrollmentsBody>)
             .await
             .map(|body| body.enrollments)
+    }
+
+    /// `GET /v1/users/{user_id}/courses/{course_id}?as_of=`: the enrollment
+    /// as it stood at `at` (a refusal `ENROLLMENT_NOT_FOUND` when it did not
+    /// exist yet; `INVALID_REQUEST` when `at` is after the server's clock).
+    pub async fn enrollment_as_of(
+        &self,
+        enrollment: &EnrollmentKey,
+        at: Timestamp,
+    ) -> Outcome<Enrollment> {
+        self.get(
+            self.enrollment_url(enrollment, &format!("?as_of={at}")),
+            parse_json,
+        )
+        .await
+    }
+
+    /// `GET /v1/users/{user_id}/courses?as_of=`: the user's enrollments as
+    /// they stood at `at`; those not made yet are left out.
+    pub async fn enrollments_as_of(
+        &self,
+        user_id: &UserId,
+        at: Timestamp,
+    ) -> Outcome<Vec<Enrollment>> {
+        let url = self.url(&format!(
+            "/v1/users/{}/courses?as_of={at}",
+            user_id.as_str()
+        ));
+        self.get(url, parse_json::<EnrollmentsBody>)
+            .await
+            .map(|body| body.enrollments)
+    }
+
+    /// `GET …/statement?from=&to=`: the enrollment before `from` (`None`:
+    /// from the beginning), the entries with `from <= created_at < to`, and
+    /// the enrollment before `to` (`None`: now). More than 1,000 entries is
+    /// the refusal `STATEMENT_TOO_LONG`.
+    pub async fn statement(
+        &self,
+        enrollment: &EnrollmentKey,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    ) -> Outcome<Statement> {
+        let mut query = String::from("/statement");
+        for (name, bound) in [("from", from), ("to", to)] {
+            if let Some(at) = bound {
+                let separator = if query.contains('?') { '&' } else { '?' };
+                let _ = write!(query, "{separator}{name}={at}");
+            }
+        }
+        self.get(self.enrollment_url(enrollment, &query), parse_json)
+            .await
+    }
+
+    /// `GET …/audit`: one enrollment's chain replayed and verified, as the
+    /// whole audit would (a reader token suffices).
+    pub async fn enrollment_audit(&self, enrollment: &EnrollmentKey) -> Outcome<EnrollmentAudit> {
+        self.get(self.enrollment_url(enrollment, "/audit"), parse_json)
+            .await
     }
 
     /// `POST …/payments`.

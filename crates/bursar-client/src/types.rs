@@ -3,8 +3,8 @@
 //! validated exactly as the server validates it.
 
 use bursar_core::{
-    AccessPolicy, Amount, CourseId, Currency, Enrollment, EnrollmentKey, HoldAmount, HoldExpiry,
-    IdempotencyKey, LedgerEntry, Price, Reason, Reference, Timestamp, UserId,
+    AccessPolicy, Amount, CourseId, Currency, Enrollment, EnrollmentKey, Hash, HoldAmount,
+    HoldExpiry, IdempotencyKey, LedgerEntry, Price, Reason, Reference, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -360,6 +360,34 @@ pub struct AuditReport {
     pub enrollments: u64,
     pub entries: u64,
     pub disagreements: Vec<AuditDisagreement>,
+}
+
+/// `GET …/statement`: `closing` is `opening` with `entries` applied.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Statement {
+    pub user_id: UserId,
+    pub course_id: CourseId,
+    pub currency: Currency,
+    /// The start of the period as asked; `None`: from the beginning.
+    pub from: Option<Timestamp>,
+    /// The end of the period (excluded): as asked, or the server's now.
+    pub to: Timestamp,
+    /// The enrollment before `from`; `None` when it did not exist yet.
+    pub opening: Option<Enrollment>,
+    /// The entries with `from <= created_at < to`, oldest first.
+    pub entries: Vec<LedgerEntry>,
+    /// The enrollment before `to`; `None` when it did not exist yet.
+    pub closing: Option<Enrollment>,
+}
+
+/// `GET …/audit`: one enrollment's chain, in the whole audit's words.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnrollmentAudit {
+    pub ok: bool,
+    pub entries: u64,
+    /// The newest entry's hash as stored; `None` without entries.
+    pub head_hash: Option<Hash>,
+    pub problems: Vec<AuditDisagreement>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

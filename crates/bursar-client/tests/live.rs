@@ -13,7 +13,7 @@ use bursar_client::{
 };
 use bursar_core::{
     Amount, CourseId, Currency, EnrollmentKey, EntryKind, IdempotencyKey, PaymentStatus, Price,
-    Reason, Reference, UserId,
+    Reason, Reference, Timestamp, UserId,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -351,6 +351,109 @@ async fn every_endpoint_answers_typed() {
         (401, "UNAUTHENTICATED".to_owned())
     );
     assert_eq!(client.retry_counts(), Default::default());
+}
+
+/// The finance desk's reads: an enrollment and a user's list as of a time,
+/// a statement that adds up, and the audit of one enrollment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_as_of_a_time_and_statements_are_typed() {
+    let (app, _dir) = open_app().await;
+    let client = client(&serve(app).await);
+    let course = enrollment("student-1", "rust-101");
+    client
+        .enroll(&course, &terms(10_000))
+        .await
+        .succeeded()
+        .expect("enroll");
+    let first = client
+        .payment(&course, &key("p-1"), &PaymentRequest::new(amount(2_500)))
+        .await
+        .succeeded()
+        .expect("pay");
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let second = client
+        .payment(&course, &key("p-2"), &PaymentRequest::new(amount(1_000)))
+        .await
+        .succeeded()
+        .expect("pay");
+    let before_second = Timestamp::from_unix_micros(second.entry.created_at.unix_micros() - 1);
+
+    let then = client
+        .enrollment_as_of(&course, before_second)
+        .await
+        .succeeded()
+        .expect("as of");
+    assert_eq!(then, first.enrollment);
+    let now = client
+        .enrollment_as_of(&course, second.entry.created_at)
+        .await
+        .succeeded()
+        .expect("as of");
+    assert_eq!(now.amount_paid, 3_500);
+    let before_all = Timestamp::from_unix_micros(0);
+    assert_eq!(
+        refused_code(client.enrollment_as_of(&course, before_all).await),
+        (404, "ENROLLMENT_NOT_FOUND".to_owned())
+    );
+    let far = Timestamp::from_unix_micros(i64::from(i32::MAX) * 1_000_000 * 2);
+    assert_eq!(
+        refused_code(client.enrollment_as_of(&course, far).await),
+        (400, "INVALID_REQUEST".to_owned())
+    );
+    let listed = client
+        .enrollments_as_of(&course.user_id, before_second)
+        .await
+        .succeeded()
+        .expect("list as of");
+    assert_eq!(listed, vec![first.enrollment.clone()]);
+    assert_eq!(
+        client
+            .enrollments_as_of(&course.user_id, before_all)
+            .await
+            .succeeded()
+            .expect("list"),
+        vec![]
+    );
+
+    // The second payment's period: opening + entries = closing.
+    let statement = client
+        .statement(&course, Some(second.entry.created_at), None)
+        .await
+        .succeeded()
+        .expect("statement");
+    assert_eq!(statement.currency.as_str(), "USD");
+    assert_eq!(statement.from, Some(second.entry.created_at));
+    assert_eq!(statement.opening, Some(first.enrollment.clone()));
+    assert_eq!(statement.entries, vec![second.entry.clone()]);
+    let (opening, closing) = (statement.opening.unwrap(), statement.closing.unwrap());
+    assert_eq!(opening.amount_paid + 1_000, closing.amount_paid);
+    let whole = client
+        .statement(&course, None, Some(before_second))
+        .await
+        .succeeded()
+        .expect("statement");
+    assert_eq!((whole.from, whole.opening), (None, None));
+    assert_eq!(whole.entries.len(), 2);
+    assert_eq!(whole.closing, Some(first.enrollment));
+    assert_eq!(
+        refused_code(
+            client
+                .statement(&course, Some(now.updated_at), Some(before_all))
+                .await
+        ),
+        (400, "INVALID_REQUEST".to_owned())
+    );
+
+    let audit = client
+        .enrollment_audit(&course)
+        .await
+        .succeeded()
+        .expect("audit of one");
+    assert!(audit.ok && audit.problems.is_empty(), "{audit:?}");
+    assert_eq!(
+        (audit.entries, audit.head_hash),
+        (3, Some(second.entry.hash))
+    );
 }
 
 /// Tokens through the client: made (the secret once), listed (never a

@@ -5,6 +5,7 @@
 
 use crate::conformance;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, new_key};
+use crate::readme::{readme_story, run_story};
 use bursar_core::Timestamp;
 use bursar_core::time::parse_rfc3339;
 use bursar_server::auth::Role;
@@ -24,6 +25,38 @@ conformance!(
     the_export_takes_a_period_and_refuses_bad_ones,
     only_an_admin_exports,
 );
+
+/// An enrollment of the README's finance story after its first payment.
+const PAID_10000: &str =
+    r#""amount_paid":10000,"amount_credited":0,"amount_refunded":0,"amount_due":20000"#;
+
+/// README's "For the finance desk" story, run as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finance_story_in_the_readme_runs_as_written() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let stdout = run_story(&readme_story("finance", &app)).await;
+    // Every answer the story tells of, in its order.
+    let told = [
+        PAID_10000,
+        r#""amount_paid":15000"#,
+        PAID_10000,
+        r#""enrollments":[{"user_id":"frank""#,
+        r#""opening":{"user_id":"frank""#,
+        r#""entries":[{"seq":3,"kind":"PAYMENT","amount":5000"#,
+        r#""amount_paid":15000"#,
+        r#"{"ok":true,"entries":3,"head_hash":""#,
+        "position,created_at,user_id,course_id,seq,kind,amount,currency,",
+        r#""inv 7, ""March""""#,
+    ];
+    let mut from = 0;
+    for outcome in told {
+        let at = stdout[from..]
+            .find(outcome)
+            .unwrap_or_else(|| panic!("{outcome} after byte {from} of:\n{stdout}"));
+        from += at + outcome.len();
+    }
+    app.assert_audit_clean().await;
+}
 
 /// A GET with `token`; status, headers and body text.
 pub(crate) async fn get_with(

@@ -4,7 +4,7 @@
 //! token put in place of `http://127.0.0.1:8080` and the token placeholder).
 
 use crate::helpers::{Backend, TestApp};
-use crate::readme::{readme_story, run_story};
+use crate::readme::{assert_told_in_order, readme_story, run_story};
 
 async fn the_checkout_story_in_the_readme_runs_as_written(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -19,13 +19,7 @@ async fn the_checkout_story_in_the_readme_runs_as_written(backend: Backend) {
         r#""kind":"EXPIRE""#,
         r#""state":"EXPIRED""#,
     ];
-    let mut from = 0;
-    for outcome in told {
-        let at = stdout[from..]
-            .find(outcome)
-            .unwrap_or_else(|| panic!("{outcome} after byte {from} of:\n{stdout}"));
-        from += at + outcome.len();
-    }
+    assert_told_in_order(&stdout, &told);
 
     // What the story left: carol paid once, by one capture; dave paid
     // nothing and has nothing held.

@@ -6,13 +6,13 @@
 
 use crate::cli::{Serve, run_bursar, sqlite_url};
 use crate::conformance;
-use crate::finance::{get_with, interleaved};
+use crate::finance::{get_with, interleaved, pay_ones_in_one_batch};
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
 use bursar_core::Timestamp;
 use bursar_core::time::parse_rfc3339;
 use bursar_server::export::EXPORT_COLUMNS;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -134,21 +134,7 @@ async fn the_command_refuses_bad_periods_and_existing_files(backend: Backend) {
 async fn a_failure_midway_cuts_the_body_and_leaves_no_file(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.enroll("u1", "c1", 1_000_000).await;
-    let operations: Vec<Value> = (0..1_500)
-        .map(|index| {
-            json!({"user_id": "u1", "course_id": "c1", "kind": "payment",
-                "idempotency_key": format!("p{index}"), "body": {"amount": 1}})
-        })
-        .collect();
-    let (status, _, text) = app
-        .send(
-            reqwest::Method::POST,
-            "/v1/batch",
-            None,
-            Some(&json!({"detail": "summary", "operations": operations}).to_string()),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
+    pay_ones_in_one_batch(&app, 1_500).await;
     // A row past the first page that cannot be read.
     app.db.execute(
         "UPDATE ledger SET snapshot = 'not an enrollment' \

@@ -5,7 +5,7 @@
 
 use crate::conformance;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, new_key};
-use crate::readme::{readme_story, run_story};
+use crate::readme::{assert_told_in_order, readme_story, run_story};
 use bursar_core::Timestamp;
 use bursar_core::time::parse_rfc3339;
 use bursar_server::auth::Role;
@@ -48,13 +48,7 @@ async fn the_finance_story_in_the_readme_runs_as_written() {
         "position,created_at,user_id,course_id,seq,kind,amount,currency,",
         r#""inv 7, ""March""""#,
     ];
-    let mut from = 0;
-    for outcome in told {
-        let at = stdout[from..]
-            .find(outcome)
-            .unwrap_or_else(|| panic!("{outcome} after byte {from} of:\n{stdout}"));
-        from += at + outcome.len();
-    }
+    assert_told_in_order(&stdout, &told);
     app.assert_audit_clean().await;
 }
 
@@ -354,6 +348,25 @@ async fn a_statement_adds_up(backend: Backend) {
     );
 }
 
+/// `count` payments of 1 into u1/c1, in one `POST /v1/batch`.
+pub(crate) async fn pay_ones_in_one_batch(app: &TestApp, count: u32) {
+    let operations: Vec<Value> = (0..count)
+        .map(|index| {
+            json!({"user_id": "u1", "course_id": "c1", "kind": "payment",
+                "idempotency_key": format!("p{index}"), "body": {"amount": 1}})
+        })
+        .collect();
+    let (status, _, text) = app
+        .send(
+            reqwest::Method::POST,
+            "/v1/batch",
+            None,
+            Some(&json!({"detail": "summary", "operations": operations}).to_string()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
 async fn a_statement_has_bounds(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.enroll("u1", "c1", 1_000_000).await;
@@ -373,21 +386,7 @@ async fn a_statement_has_bounds(backend: Backend) {
 
     // More entries than a statement lists: refused whole, never cut short.
     // The enrolment and 999 payments are exactly the most it lists.
-    let operations: Vec<Value> = (1..bursar_server::finance::STATEMENT_ENTRIES_MAX)
-        .map(|index| {
-            json!({"user_id": "u1", "course_id": "c1", "kind": "payment",
-                "idempotency_key": format!("p{index}"), "body": {"amount": 1}})
-        })
-        .collect();
-    let (status, _, text) = app
-        .send(
-            reqwest::Method::POST,
-            "/v1/batch",
-            None,
-            Some(&json!({"detail": "summary", "operations": operations}).to_string()),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{text}");
+    pay_ones_in_one_batch(&app, bursar_server::finance::STATEMENT_ENTRIES_MAX - 1).await;
     let (status, body) = app.get(path).await;
     assert_eq!(
         status,

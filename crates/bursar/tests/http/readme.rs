@@ -71,6 +71,17 @@ pub(crate) async fn run_story(script: &str) -> String {
     stdout
 }
 
+/// Asserts that a story printed each of `told`, in this order.
+pub(crate) fn assert_told_in_order(stdout: &str, told: &[&str]) {
+    let mut from = 0;
+    for outcome in told {
+        let at = stdout[from..]
+            .find(outcome)
+            .unwrap_or_else(|| panic!("{outcome} after byte {from} of:\n{stdout}"));
+        from += at + outcome.len();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_as_written() {
     let app = TestApp::spawn(Backend::Sqlite).await;

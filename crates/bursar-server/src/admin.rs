@@ -151,6 +151,8 @@ mod tests {
             );
         }
         // No inline script or style: the policy would refuse them.
-        assert!(!index.contains("<script>") && !index.contains("<style") && !index.contains("style="));
+        assert!(
+            !index.contains("<script>") && !index.contains("<style") && !index.contains("style=")
+        );
     }
 }

@@ -343,10 +343,7 @@ impl Auth {
     /// Checks an `Authorization` header value against the role a route needs.
     pub async fn check(&self, header: Option<&str>, needed: Role) -> Result<Role, ApiError> {
         let token = bearer(header)?;
-        let role = self
-            .role_of(token)
-            .await
-            .ok_or_else(unknown_token)?;
+        let role = self.role_of(token).await.ok_or_else(unknown_token)?;
         if role < needed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -10,8 +10,8 @@ use crate::auth::{Role, bearer, make_token, unknown_token};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bursar_core::Timestamp;
 use bursar_store::TokenRecord;
@@ -238,7 +238,10 @@ pub struct WhoAmIBody {
     responses((status = 200, body = WhoAmIBody),
         (status = 401, body = ErrorBody, description = "no token, or an unknown, revoked or expired one")),
     security(("bearer" = [])))]
-pub async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());

@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod batch;
+mod browser;
 mod checkout_readme;
 mod cli;
 mod crash;

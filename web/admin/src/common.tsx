@@ -5,7 +5,7 @@ import type { ComponentChildren } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 import { Api, ApiError, roleAtLeast } from "./api";
 import { formatMoney } from "./money";
-import { showTime } from "./time";
+import { inputToRfc3339, showTime } from "./time";
 import type { Role } from "./types";
 
 /** What every view gets: the API with the signed-in token, and its role. */
@@ -123,4 +123,33 @@ export function Status({ text }: { text: string | null }) {
       {text ?? ""}
     </p>
   );
+}
+
+export function TimeInput({
+  id,
+  label,
+  value,
+  onChange,
+  required = false,
+}: {
+  id: string;
+  label: string;
+  value: string;
+  onChange: (value: string) => void;
+  required?: boolean;
+}) {
+  return (
+    <Field label={label} id={id}>
+      <input id={id} type="datetime-local" step={1} required={required} value={value} onInput={(event) => onChange(event.currentTarget.value)} />
+    </Field>
+  );
+}
+
+/** A period's bounds from two inputs: an empty one is left out (the server
+ * then takes the beginning, or its now). */
+export function periodOf(from: string, to: string): { from?: string; to?: string } | Error {
+  const start = from === "" ? undefined : inputToRfc3339(from);
+  const end = to === "" ? undefined : inputToRfc3339(to);
+  if (start === null || end === null) return new Error("A time must be a date and a time.");
+  return { from: start, to: end };
 }

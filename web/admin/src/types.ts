@@ -66,27 +66,34 @@ export interface Hold {
   reference: string | null;
 }
 
-/** `GET …/courses/{c}/audit`: one enrollment's chain replayed. */
-export interface ChainAudit {
-  ok: boolean;
-  entries: number;
-  head_hash: string | null;
-  problems: string[];
-}
-
-/** `GET …/courses/{c}/statement`. */
-export interface Statement {
-  opening: unknown;
-  entries: LedgerEntry[];
-  closing: unknown;
-  [other: string]: unknown;
-}
-
 export interface Disagreement {
   user_id: string;
   course_id: string;
   seq: number | null;
   problem: string;
+}
+
+/** `GET …/courses/{c}/audit`: one enrollment's chain replayed. */
+export interface ChainAudit {
+  ok: boolean;
+  entries: number;
+  head_hash: string | null;
+  problems: Disagreement[];
+}
+
+/** `GET …/courses/{c}/statement`: the period is `from <= created_at < to`. */
+export interface Statement {
+  user_id: string;
+  course_id: string;
+  currency: string;
+  /** `null`: from the beginning. */
+  from: string | null;
+  to: string;
+  /** The enrollment before `from`; `null` when it did not exist yet. */
+  opening: Enrollment | null;
+  entries: LedgerEntry[];
+  /** The enrollment after the last entry before `to`; `null` when it did not exist yet. */
+  closing: Enrollment | null;
 }
 
 export interface AuditReport {

@@ -19,6 +19,36 @@ const artifacts = process.env.BURSAR_ADMIN_ARTIFACTS || join(repository, "web", 
  * interval (5 s) and some slack. */
 const REFRESH_WAIT_MS = 9_000;
 
+/** The rows of a CSV text (RFC 4180: quoted fields may hold commas, quotes
+ * and line breaks). */
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = "";
+  let quoted = false;
+  for (let index = 0; index < text.length; index += 1) {
+    const char = text[index];
+    if (quoted) {
+      if (char === '"' && text[index + 1] === '"') {
+        field += '"';
+        index += 1;
+      } else if (char === '"') quoted = false;
+      else field += char;
+    } else if (char === '"') quoted = true;
+    else if (char === ",") {
+      row.push(field);
+      field = "";
+    } else if (char === "\n") {
+      row.push(field.replace(/\r$/, ""));
+      rows.push(row);
+      row = [];
+      field = "";
+    } else field += char;
+  }
+  if (field !== "" || row.length > 0) rows.push([...row, field]);
+  return rows;
+}
+
 /** The UTC wall-clock time of `date` in a datetime-local input's format. */
 const inputTime = (date) => date.toISOString().slice(0, 19);
 
@@ -59,7 +89,9 @@ describe("the admin page", () => {
     await page.getByRole("heading", { name: `${user} / ${course}` }).waitFor();
   };
 
-  const amount = (name) => page.getByTestId(`amount-${name}`).locator("dd");
+  /** An amount of the open enrollment as it stands now. */
+  const amount = (name) =>
+    page.getByRole("group", { name: "Amounts and statuses", exact: true }).getByTestId(`amount-${name}`).locator("dd");
 
   before(async () => {
     await mkdir(artifacts, { recursive: true });
@@ -182,14 +214,18 @@ describe("the admin page", () => {
     await page.getByTestId("access-status").filter({ hasText: "REVOKED" }).waitFor({ timeout: REFRESH_WAIT_MS });
     assert.equal(await amount("paid").textContent(), "50.00 USD");
     await page.getByTestId("chain").filter({ hasText: "Chain verified: 4 entries" }).waitFor();
-    // A statement of everything so far: opening nothing, four entries.
-    await new Promise((done) => setTimeout(done, 1_100));
-    const now = new Date(Math.floor(Date.now() / 1000) * 1000);
-    await page.getByLabel("From (UTC)").fill(inputTime(new Date(now.getTime() - 3_600_000)));
-    await page.getByLabel("To (UTC)").fill(inputTime(now));
+    // A statement of the last hour: not enrolled at its start, four
+    // entries, 50.00 paid at its end.
+    await page.getByLabel(/^From/).fill(inputTime(new Date(Date.now() - 3_600_000)));
+    await page.getByLabel(/^To/).fill("");
     await page.getByRole("button", { name: "Show statement" }).click();
     const statement = page.getByTestId("statement");
+    await statement.getByText("none, not enrolled yet").waitFor();
     await statement.getByText("Entries (4)").waitFor();
+    assert.equal(await statement.getByTestId("ledger-row").count(), 4);
+    const closing = statement.getByRole("group", { name: /^Closing balance at/ });
+    assert.equal(await closing.getByTestId("amount-paid").locator("dd").textContent(), "50.00 USD");
+    assert.equal(await closing.getByTestId("amount-refunded").locator("dd").textContent(), "50.00 USD");
     await shoot("enrollment");
   });
 
@@ -239,25 +275,28 @@ describe("the admin page", () => {
 
   it("downloads the period's entries as CSV", async () => {
     await page.getByRole("link", { name: "Export" }).click();
-    await new Promise((done) => setTimeout(done, 1_100));
-    const now = new Date(Math.floor(Date.now() / 1000) * 1000);
-    await page.getByLabel("From (UTC)").fill(inputTime(new Date(now.getTime() - 3_600_000)));
-    await page.getByLabel("To (UTC)").fill(inputTime(now));
+    await page.getByLabel(/^From/).fill(inputTime(new Date(Date.now() - 3_600_000)));
+    await page.getByLabel(/^To/).fill("");
     const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download" }).click()]);
     assert.match(download.suggestedFilename(), /^bursar-export-.*\.csv$/);
-    const text = await readFile(await download.path(), "utf8");
-    const lines = text.trimEnd().split("\n");
-    const header = lines[0].split(",");
-    assert.ok(header.includes("user_id") && header.includes("kind") && header.includes("amount"), lines[0]);
-    const rows = lines.slice(1).map((line) => line.split(","));
-    // u1/c1: enroll, two payments, a refund; u2/c2: enroll (the overpayment was refused).
-    assert.equal(rows.length, 5, text);
-    const column = (name) => header.indexOf(name);
-    const payments = rows.filter((row) => row[column("user_id")] === "u1" && row[column("kind")] === "PAYMENT");
+    const [header, ...rows] = parseCsv(await readFile(await download.path(), "utf8"));
+    for (const name of ["position", "user_id", "course_id", "seq", "kind", "amount", "reference", "amount_paid", "access_status"]) {
+      assert.ok(header.includes(name), `${name} in ${header}`);
+    }
+    const records = rows.map((row) => Object.fromEntries(header.map((name, index) => [name, row[index]])));
+    // In global order: u1/c1's enroll, payments and refund, then u2/c2's
+    // enroll (its overpaying checkout was refused: no entry).
     assert.deepEqual(
-      payments.map((row) => row[column("amount")]),
-      ["2500", "7500"],
+      records.map((record) => [record.user_id, record.seq, record.kind, record.amount, record.access_status]),
+      [
+        ["u1", "1", "ENROLL", "10000", "LOCKED"],
+        ["u1", "2", "PAYMENT", "2500", "LOCKED"],
+        ["u1", "3", "PAYMENT", "7500", "GRANTED"],
+        ["u1", "4", "REFUND", "5000", "REVOKED"],
+        ["u2", "1", "ENROLL", "5000", "LOCKED"],
+      ],
     );
+    assert.equal(records[1].reference, XSS);
     await page.getByRole("status").filter({ hasText: "Downloaded" }).waitFor();
   });
 

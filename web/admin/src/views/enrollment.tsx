@@ -74,7 +74,7 @@ export function EnrollmentView({ session, userId, courseId }: EnrollmentProps) {
           <PaymentsPanel session={session} path={path} enrollment={enrollment} />
           <LedgerPanel session={session} path={path} enrollment={enrollment} />
           <AsOfPanel session={session} path={path} />
-          <StatementPanel session={session} path={path} currency={enrollment.currency} />
+          <StatementPanel session={session} path={path} />
         </>
       )}
     </section>
@@ -104,7 +104,7 @@ function ChainPanel({ session, path, revision }: { session: Session; path: strin
             <p>{`✗ The chain does not verify (${chain.data.entries} entries read):`}</p>
             <ul>
               {chain.data.problems.map((problem, index) => (
-                <li key={index}>{problem}</li>
+                <li key={index}>{problem.seq === null ? problem.problem : `seq ${problem.seq}: ${problem.problem}`}</li>
               ))}
             </ul>
           </div>

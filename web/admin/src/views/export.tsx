@@ -3,14 +3,17 @@
 // the browser as a Blob URL, so the token never appears in a URL.
 
 import { useState } from "preact/hooks";
-import { ErrorMessage, Field, RoleGate, Status, type Session } from "../common";
-import { inputToRfc3339, startOfMonth, toInput } from "../time";
+import { ErrorMessage, Field, periodOf, RoleGate, Status, TimeInput, type Session } from "../common";
+import { startOfMonth, toInput } from "../time";
 
 export function ExportView({ session }: { session: Session }) {
   return (
     <section aria-labelledby="export-heading">
       <h1 id="export-heading">Export</h1>
-      <p>The ledger entries committed in a period, in their global order, as a file.</p>
+      <p>
+        The ledger entries committed in a period (from its start, included, to its end, excluded), in their global order, as a
+        file: CSV with a header line, or one JSON object per line.
+      </p>
       <RoleGate role={session.role} needed="admin" what="Exporting the ledger">
         <Export session={session} />
       </RoleGate>
@@ -23,30 +26,28 @@ function fileTime(rfc3339: string): string {
 }
 
 function Export({ session }: { session: Session }) {
-  const now = new Date();
-  const [from, setFrom] = useState(() => toInput(startOfMonth(now)).slice(0, 16));
-  const [to, setTo] = useState(() => toInput(now).slice(0, 16));
+  const [from, setFrom] = useState(() => toInput(startOfMonth(new Date())).slice(0, 16));
+  const [to, setTo] = useState("");
   const [format, setFormat] = useState<"csv" | "jsonl">("csv");
   const [status, setStatus] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
   const submit = async (event: Event) => {
     event.preventDefault();
-    const start = inputToRfc3339(from);
-    const end = inputToRfc3339(to);
-    if (start === null || end === null) {
-      setError(new Error("Give both a start and an end."));
+    const period = periodOf(from, to);
+    if (period instanceof Error) {
+      setError(period);
       return;
     }
     setBusy(true);
     setError(null);
-    setStatus(`Exporting ${start} to ${end}…`);
+    setStatus(`Exporting from ${period.from ?? "the beginning"} to ${period.to ?? "now"}…`);
     try {
-      const blob = await session.api.blob("/v1/export", { from: start, to: end, format });
+      const blob = await session.api.blob("/v1/export", { ...period, format });
       const url = URL.createObjectURL(blob);
       const link = document.createElement("a");
       link.href = url;
-      link.download = `bursar-export-${fileTime(start)}-${fileTime(end)}.${format}`;
+      link.download = `bursar-export-${fileTime(period.from ?? "start")}-${fileTime(period.to ?? toInput(new Date()) + "Z")}.${format}`;
       document.body.append(link);
       link.click();
       link.remove();
@@ -63,12 +64,8 @@ function Export({ session }: { session: Session }) {
   return (
     <>
       <form class="inline" onSubmit={submit}>
-        <Field label="From (UTC)" id="export-from">
-          <input id="export-from" type="datetime-local" step={1} required value={from} onInput={(event) => setFrom(event.currentTarget.value)} />
-        </Field>
-        <Field label="To (UTC)" id="export-to">
-          <input id="export-to" type="datetime-local" step={1} required value={to} onInput={(event) => setTo(event.currentTarget.value)} />
-        </Field>
+        <TimeInput id="export-from" label="From (UTC, empty: the beginning)" value={from} onChange={setFrom} />
+        <TimeInput id="export-to" label="To (UTC, excluded; empty: now)" value={to} onChange={setTo} />
         <Field label="Format" id="export-format">
           <select id="export-format" value={format} onChange={(event) => setFormat(event.currentTarget.value as "csv" | "jsonl")}>
             <option value="csv">CSV</option>

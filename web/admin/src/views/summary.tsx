@@ -4,7 +4,16 @@ import { Badge, Money, Time } from "../common";
 import type { Enrollment } from "../types";
 
 /** The amounts and statuses of an enrollment, as a definition list. */
-export function Summary({ enrollment, label = "Amounts and statuses" }: { enrollment: Enrollment; label?: string }) {
+export function Summary({
+  enrollment,
+  label = "Amounts and statuses",
+  nested = false,
+}: {
+  enrollment: Enrollment;
+  label?: string;
+  /** Inside another panel: a smaller heading. */
+  nested?: boolean;
+}) {
   const currency = enrollment.currency;
   const amounts: [string, number][] = [
     ["Price", enrollment.price],
@@ -18,7 +27,7 @@ export function Summary({ enrollment, label = "Amounts and statuses" }: { enroll
   ];
   return (
     <div class="panel" aria-label={label} role="group">
-      <h2>{label}</h2>
+      {nested ? <h3>{label}</h3> : <h2>{label}</h2>}
       <div class="statuses">
         <span>
           Payment: <Badge value={enrollment.payment_status} />

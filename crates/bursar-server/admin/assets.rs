@@ -14,9 +14,9 @@
         bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/admin/assets/app-YAXZTW7Y.css")),
     },
     Asset {
-        path: "assets/app-PSAH6Q3F.js",
+        path: "assets/app-3T2CYJNC.js",
         content_type: "text/javascript; charset=utf-8",
         immutable: true,
-        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/admin/assets/app-PSAH6Q3F.js")),
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/admin/assets/app-3T2CYJNC.js")),
     },
 ]

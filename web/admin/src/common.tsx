@@ -153,3 +153,18 @@ export function periodOf(from: string, to: string): { from?: string; to?: string
   if (start === null || end === null) return new Error("A time must be a date and a time.");
   return { from: start, to: end };
 }
+
+/** A table's header row; the `numeric` columns are right-aligned. */
+export function TableHead({ columns, numeric = [] }: { columns: string[]; numeric?: string[] }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((column) => (
+          <th key={column} scope="col" class={numeric.includes(column) ? "num" : undefined}>
+            {column}
+          </th>
+        ))}
+      </tr>
+    </thead>
+  );
+}

@@ -2,7 +2,7 @@
 // disagreement named.
 
 import { useState } from "preact/hooks";
-import { ErrorMessage, RoleGate, type Session } from "../common";
+import { ErrorMessage, RoleGate, type Session, TableHead } from "../common";
 import { enrollmentHash } from "../routes";
 import type { AuditReport } from "../types";
 
@@ -54,13 +54,7 @@ function Audit({ session }: { session: Session }) {
                 {`✗ ${report.report.disagreements.length} disagreement(s) in ${report.report.enrollments} enrollments and ${report.report.entries} entries:`}
               </p>
               <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Enrollment</th>
-                    <th scope="col" class="num">Seq</th>
-                    <th scope="col">Problem</th>
-                  </tr>
-                </thead>
+                <TableHead columns={["Enrollment", "Seq", "Problem"]} numeric={["Seq"]} />
                 <tbody>
                   {report.report.disagreements.map((disagreement, index) => (
                     <tr key={index}>

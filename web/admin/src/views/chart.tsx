@@ -4,7 +4,7 @@
 // height of a point is computed with BigInt division.
 
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ErrorMessage, Money, Time, type Session } from "../common";
+import { ErrorMessage, Money, type Session, TableHead, Time } from "../common";
 import { formatMoney } from "../money";
 import { showTime } from "../time";
 import type { Enrollment, LedgerEntry } from "../types";
@@ -70,14 +70,7 @@ export function PaymentsPanel({ session, path, enrollment }: { session: Session;
         <details>
           <summary>{`Payments and refunds as a table (${moves.length})`}</summary>
           <table>
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Kind</th>
-                <th scope="col" class="num">Amount</th>
-                <th scope="col" class="num">Paid after</th>
-              </tr>
-            </thead>
+            <TableHead columns={["Time", "Kind", "Amount", "Paid after"]} numeric={["Amount", "Paid after"]} />
             <tbody>
               {moves.map((entry) => (
                 <tr key={entry.seq}>

@@ -4,7 +4,7 @@
 
 import { useEffect, useState } from "preact/hooks";
 import { enrollmentPath } from "../api";
-import { ErrorMessage, Money, Time, useLoad, type Session } from "../common";
+import { ErrorMessage, Money, type Session, TableHead, Time, useLoad } from "../common";
 import { enrollmentHash } from "../routes";
 import type { ChainAudit, Enrollment, Hold } from "../types";
 import { LedgerPanel } from "./ledger";
@@ -122,14 +122,7 @@ function HoldsPanel({ session, path, revision, currency }: { session: Session; p
       {holds.data && holds.data.length === 0 && <p>No open hold.</p>}
       {holds.data && holds.data.length > 0 && (
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Hold</th>
-              <th scope="col" class="num">Amount</th>
-              <th scope="col">Expires</th>
-              <th scope="col">Reference</th>
-            </tr>
-          </thead>
+          <TableHead columns={["Hold", "Amount", "Expires", "Reference"]} numeric={["Amount"]} />
           <tbody>
             {holds.data.map((hold) => (
               <tr key={hold.hold_seq}>

@@ -2,7 +2,7 @@
 
 import { useEffect, useState } from "preact/hooks";
 import { enrollmentPath } from "../api";
-import { Badge, ErrorMessage, Field, Money, Time, useLoad, type Session } from "../common";
+import { Badge, ErrorMessage, Field, Money, type Session, TableHead, Time, useLoad } from "../common";
 import { enrollmentHash } from "../routes";
 import { inputToRfc3339 } from "../time";
 import type { Enrollment } from "../types";
@@ -87,18 +87,7 @@ function EnrollmentTable({ userId, enrollments, asOf }: { userId: string; enroll
         {`Enrollments of ${userId}`}
         {asOf ? ` as of ${asOf}` : ""}
       </caption>
-      <thead>
-        <tr>
-          <th scope="col">Course</th>
-          <th scope="col" class="num">Price</th>
-          <th scope="col" class="num">Paid</th>
-          <th scope="col" class="num">Due</th>
-          <th scope="col">Payment</th>
-          <th scope="col">Access</th>
-          <th scope="col">Status</th>
-          <th scope="col">Updated</th>
-        </tr>
-      </thead>
+      <TableHead columns={["Course", "Price", "Paid", "Due", "Payment", "Access", "Status", "Updated"]} numeric={["Price", "Paid", "Due"]} />
       <tbody>
         {enrollments.map((enrollment) => (
           <tr key={enrollment.course_id}>

@@ -2,7 +2,7 @@
 // person. Each open one can be retried now or dismissed with a reason.
 
 import { useState } from "preact/hooks";
-import { ErrorMessage, Field, RoleGate, Status, Time, useLoad, type Session } from "../common";
+import { ErrorMessage, Field, RoleGate, type Session, Status, TableHead, Time, useLoad } from "../common";
 import { enrollmentHash } from "../routes";
 import type { ExceptionState, IntakeException } from "../types";
 
@@ -66,18 +66,7 @@ function Exceptions({ session }: { session: Session }) {
       {rows.length > 0 && (
         <div class="scroll">
           <table data-testid="exceptions">
-            <thead>
-              <tr>
-                <th scope="col">Exception</th>
-                <th scope="col">Stripe event</th>
-                <th scope="col">Refusal</th>
-                <th scope="col">Enrollment</th>
-                <th scope="col">Received</th>
-                <th scope="col" class="num">Attempts</th>
-                <th scope="col">State</th>
-                <th scope="col">Actions</th>
-              </tr>
-            </thead>
+            <TableHead columns={["Exception", "Stripe event", "Refusal", "Enrollment", "Received", "Attempts", "State", "Actions"]} numeric={["Attempts"]} />
             <tbody>
               {rows.map((exception) => (
                 <ExceptionRow key={exception.id} session={session} exception={exception} onDone={done} />

@@ -3,7 +3,7 @@
 // the newest page is known without reading the others.
 
 import { useEffect, useState } from "preact/hooks";
-import { ErrorMessage, Money, Time, useLoad, type Session } from "../common";
+import { ErrorMessage, Money, type Session, TableHead, Time, useLoad } from "../common";
 import type { Enrollment, LedgerEntry } from "../types";
 
 /** Entries on one page of the ledger table. */
@@ -54,19 +54,7 @@ export function LedgerTable({ entries, caption }: { entries: LedgerEntry[]; capt
     <div class="scroll">
       <table class="ledger">
         <caption class="visually-hidden">{caption}</caption>
-        <thead>
-          <tr>
-            <th scope="col" class="num">Seq</th>
-            <th scope="col">Time</th>
-            <th scope="col">Kind</th>
-            <th scope="col" class="num">Amount</th>
-            <th scope="col">Reference and reason</th>
-            <th scope="col">Idempotency key and source</th>
-            <th scope="col" class="num">Paid after</th>
-            <th scope="col" class="num">Due after</th>
-            <th scope="col">Hash</th>
-          </tr>
-        </thead>
+        <TableHead columns={["Seq", "Time", "Kind", "Amount", "Reference and reason", "Idempotency key and source", "Paid after", "Due after", "Hash"]} numeric={["Seq", "Amount", "Paid after", "Due after"]} />
         <tbody>
           {entries.map((entry) => (
             <tr key={entry.seq} data-testid="ledger-row">

@@ -2,7 +2,7 @@
 // replay that sends events again.
 
 import { useState } from "preact/hooks";
-import { Badge, ErrorMessage, Field, RoleGate, Status, Time, useLoad, type Session } from "../common";
+import { Badge, ErrorMessage, Field, RoleGate, type Session, Status, TableHead, Time, useLoad } from "../common";
 import type { Delivery, WebhookEndpoint } from "../types";
 
 /** Delivery attempts read per endpoint (the log keeps 1,000). */
@@ -38,16 +38,7 @@ function Webhooks({ session }: { session: Session }) {
       {endpoints.data && list.length === 0 && <p>No webhook endpoint is registered.</p>}
       {list.length > 0 && (
         <table data-testid="webhooks">
-          <thead>
-            <tr>
-              <th scope="col">Endpoint</th>
-              <th scope="col">URL</th>
-              <th scope="col">Types</th>
-              <th scope="col">State</th>
-              <th scope="col">Created</th>
-              <th scope="col">Deliveries</th>
-            </tr>
-          </thead>
+          <TableHead columns={["Endpoint", "URL", "Types", "State", "Created", "Deliveries"]} />
           <tbody>
             {list.map((webhook) => (
               <tr key={webhook.id}>
@@ -146,17 +137,7 @@ function Deliveries({ session, endpoint, onReplayed }: { session: Session; endpo
         <p>{onlyFailed ? "No failed attempt among the newest." : "No attempt yet."}</p>
       ) : (
         <table data-testid="deliveries">
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Event</th>
-              <th scope="col" class="num">Position</th>
-              <th scope="col" class="num">Attempt</th>
-              <th scope="col" class="num">HTTP status</th>
-              <th scope="col" class="num">ms</th>
-              <th scope="col">Error</th>
-            </tr>
-          </thead>
+          <TableHead columns={["When", "Event", "Position", "Attempt", "HTTP status", "ms", "Error"]} numeric={["Position", "Attempt", "HTTP status", "ms"]} />
           <tbody>
             {shown.map((delivery, index) => (
               <tr key={`${delivery.event_id}-${delivery.attempt}-${index}`}>

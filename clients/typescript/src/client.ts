@@ -377,7 +377,7 @@ export class BursarClient {
    * balance is refused `NOTHING_DUE`; more than is available, `OVERPAYMENT`.
    */
   openHold(userId: string, courseId: string, body: HoldRequest, options?: OperationOptions): Promise<Outcome<AcceptedBody>> {
-    if (body.amount !== undefined && body.amount !== null) {
+    if (body.remaining !== true) {
       checkAmount("amount", body.amount);
     }
     return this.operation(userId, courseId, "/holds", body, options);
@@ -439,7 +439,7 @@ export class BursarClient {
    * outcome is the batch as sent, keys included: resend exactly that when
    * the outcome is `unknown`.
    */
-  async batch(request: BatchRequest, options?: ReadOptions): Promise<Outcome<BatchResponse> & { readonly operations: BatchOperation[] }> {
+  batch(request: BatchRequest, options?: ReadOptions): Promise<Outcome<BatchResponse> & { readonly operations: BatchOperation[] }> {
     const operations = request.operations.map((operation, index) => {
       checkId(`operations[${index}].user_id`, operation.user_id);
       checkId(`operations[${index}].course_id`, operation.course_id);
@@ -451,8 +451,10 @@ export class BursarClient {
       return { ...operation, idempotency_key: key };
     });
     checkCount("the number of operations", operations.length, 1, BATCH_OPERATIONS_MAX);
-    const outcome = await this.call<BatchResponse>("POST", `${this.baseUrl}/v1/batch`, { ...request, operations }, undefined, options);
-    return { ...outcome, operations };
+    // Checked above, before anything is sent; the answer comes later.
+    return this.call<BatchResponse>("POST", `${this.baseUrl}/v1/batch`, { ...request, operations }, undefined, options).then(
+      (outcome) => ({ ...outcome, operations }),
+    );
   }
 
   /**

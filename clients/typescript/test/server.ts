@@ -6,9 +6,13 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
 import { BursarClient, type ClientOptions } from "../src/index.js";
+
+/** clients/typescript, from dist/test where the tests run. */
+export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 export const ADMIN_TOKEN = "test-admin-token-typescript-client";
 

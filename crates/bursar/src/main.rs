@@ -595,7 +595,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // `| head`) is an error to report, not a panic.
             use std::io::Write as _;
             let document = serde_json::to_string(bursar_server::openapi::document())?;
-            writeln!(std::io::stdout().lock(), "{document}").context("failed to write the document")?;
+            writeln!(std::io::stdout().lock(), "{document}")
+                .context("failed to write the document")?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -170,6 +170,18 @@ function checkCount(name: string, value: number, min: number, max: number): numb
   return value;
 }
 
+/** `after=&limit=` of a paged read, each checked. */
+function pageQuery(page: { readonly after?: number; readonly limit?: number }, limitMax: number): URLSearchParams {
+  const query = new URLSearchParams();
+  if (page.after !== undefined) {
+    query.set("after", String(checkCount("after", page.after, 0, Number.MAX_SAFE_INTEGER)));
+  }
+  if (page.limit !== undefined) {
+    query.set("limit", String(checkCount("limit", page.limit, 1, limitMax)));
+  }
+  return query;
+}
+
 /** A hold's sequence number, as its `HOLD` entry's `seq` gave it. */
 function checkHoldSeq(value: number): number {
   return checkCount("holdSeq", value, 1, Number.MAX_SAFE_INTEGER);
@@ -421,13 +433,7 @@ export class BursarClient {
     page: { readonly after?: number; readonly limit?: number } = {},
     options?: ReadOptions,
   ): Promise<Outcome<LedgerBody>> {
-    const query = new URLSearchParams();
-    if (page.after !== undefined) {
-      query.set("after", String(checkCount("after", page.after, 0, Number.MAX_SAFE_INTEGER)));
-    }
-    if (page.limit !== undefined) {
-      query.set("limit", String(checkCount("limit", page.limit, 1, LEDGER_PAGE_LIMIT_MAX)));
-    }
+    const query = pageQuery(page, LEDGER_PAGE_LIMIT_MAX);
     const suffix = query.toString() === "" ? "/ledger" : `/ledger?${query}`;
     return this.call("GET", this.enrollmentUrl(userId, courseId, suffix), undefined, undefined, options);
   }
@@ -473,13 +479,7 @@ export class BursarClient {
     } = {},
     options?: ReadOptions,
   ): Promise<Outcome<EventsBody>> {
-    const params = new URLSearchParams();
-    if (query.after !== undefined) {
-      params.set("after", String(checkCount("after", query.after, 0, Number.MAX_SAFE_INTEGER)));
-    }
-    if (query.limit !== undefined) {
-      params.set("limit", String(checkCount("limit", query.limit, 1, EVENTS_PAGE_LIMIT_MAX)));
-    }
+    const params = pageQuery(query, EVENTS_PAGE_LIMIT_MAX);
     if (query.types !== undefined && query.types.length > 0) {
       params.set("type", query.types.join(","));
     }

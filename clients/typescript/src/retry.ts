@@ -155,21 +155,23 @@ export function describeReason(reason: RetryReason): string {
   }
 }
 
+/**
+ * A 4xx: the server refused and stored nothing, so a retry would be refused
+ * the same way.
+ */
+export interface Refusal {
+  readonly kind: "refused";
+  readonly status: number;
+  readonly code: string;
+  readonly message: string;
+  readonly details: unknown;
+}
+
 /** What one attempt came to. */
 export type Attempt<T> =
   /** A success answer, read. */
   | { readonly kind: "done"; readonly value: T }
-  /**
-   * A 4xx: the server refused and stored nothing, so a retry would be
-   * refused the same way.
-   */
-  | {
-      readonly kind: "refused";
-      readonly status: number;
-      readonly code: string;
-      readonly message: string;
-      readonly details: unknown;
-    }
+  | Refusal
   /**
    * Safe to retry with the same key, after at least `retryAfterMs` if the
    * server asked for it.
@@ -185,14 +187,7 @@ export type Attempt<T> =
 /** What the retries came to: the last attempt's answer, or why they stopped. */
 export type Settled<T> =
   | { readonly kind: "done"; readonly value: T; readonly attempts: number }
-  | {
-      readonly kind: "refused";
-      readonly status: number;
-      readonly code: string;
-      readonly message: string;
-      readonly details: unknown;
-      readonly attempts: number;
-    }
+  | (Refusal & { readonly attempts: number })
   | { readonly kind: "unknown"; readonly cause: string; readonly attempts: number };
 
 /** Told of every retry taken, before its delay. */

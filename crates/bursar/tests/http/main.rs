@@ -13,6 +13,7 @@ mod crash;
 mod digest;
 mod disk_faults;
 mod events;
+mod finance;
 mod holds;
 mod hostile;
 mod intake;

@@ -24,6 +24,7 @@ import type {
   CreditRequest,
   EnrollRequest,
   Enrollment,
+  EnrollmentAuditBody,
   EnrollmentBody,
   EnrollmentsBody,
   ErrorCode,
@@ -35,6 +36,7 @@ import type {
   PayRemainingRequest,
   PaymentRequest,
   RefundRequest,
+  StatementBody,
 } from "./types.js";
 
 /** What one call came to. Every variant says how many attempts it took. */
@@ -101,6 +103,12 @@ export interface ClientOptions {
 export interface ReadOptions {
   /** Stops the call: no attempt starts after it fires, and the outcome is `unknown`. */
   readonly signal?: AbortSignal | undefined;
+}
+
+/** Per read of an enrollment: the time to read it as of. */
+export interface AsOfOptions extends ReadOptions {
+  /** A time in the past: an RFC 3339 text, or a `Date`. */
+  readonly asOf?: string | Date | undefined;
 }
 
 /** Per operation: its idempotency key, and the caller's cancellation. */
@@ -180,6 +188,31 @@ function pageQuery(page: { readonly after?: number; readonly limit?: number }, l
     query.set("limit", String(checkCount("limit", page.limit, 1, limitMax)));
   }
   return query;
+}
+
+/** Times as the server reads them: RFC 3339 texts as given, `Date`s in UTC. */
+function timeQuery(times: Record<string, string | Date | undefined>): URLSearchParams {
+  const query = new URLSearchParams();
+  for (const [name, time] of Object.entries(times)) {
+    if (time instanceof Date) {
+      if (Number.isNaN(time.getTime())) {
+        throw new RangeError(`${name} is an invalid Date`);
+      }
+      query.set(name, time.toISOString());
+    } else if (time !== undefined) {
+      if (typeof time !== "string") {
+        throw new TypeError(`${name} must be an RFC 3339 text or a Date, not ${typeof time}`);
+      }
+      query.set(name, time);
+    }
+  }
+  return query;
+}
+
+/** `?a=1&b=2`, or nothing for no parameters. */
+function queryString(query: URLSearchParams): string {
+  const text = query.toString();
+  return text === "" ? "" : `?${text}`;
 }
 
 /** A hold's sequence number, as its `HOLD` entry's `seq` gave it. */
@@ -324,15 +357,41 @@ export class BursarClient {
     return this.call("PUT", url, body, undefined, options);
   }
 
-  /** `GET /v1/users/{userId}/courses/{courseId}`: the enrollment. */
-  getEnrollment(userId: string, courseId: string, options?: ReadOptions): Promise<Outcome<Enrollment>> {
-    return this.call("GET", this.enrollmentUrl(userId, courseId), undefined, undefined, options);
+  /**
+   * `GET /v1/users/{userId}/courses/{courseId}`: the enrollment; with
+   * `asOf`, as it stood at that time (refused 400 for a future time).
+   */
+  getEnrollment(userId: string, courseId: string, options?: AsOfOptions): Promise<Outcome<Enrollment>> {
+    const url = this.enrollmentUrl(userId, courseId, queryString(timeQuery({ as_of: options?.asOf })));
+    return this.call("GET", url, undefined, undefined, options);
   }
 
-  /** `GET /v1/users/{userId}/courses`: the user's enrollments, by course id. */
-  listEnrollments(userId: string, options?: ReadOptions): Promise<Outcome<EnrollmentsBody>> {
-    const url = `${this.baseUrl}/v1/users/${encodeURIComponent(checkId("userId", userId))}/courses`;
+  /** `GET /v1/users/{userId}/courses`: the user's enrollments, by course id; with `asOf`, as they stood then. */
+  listEnrollments(userId: string, options?: AsOfOptions): Promise<Outcome<EnrollmentsBody>> {
+    const user = encodeURIComponent(checkId("userId", userId));
+    const url = `${this.baseUrl}/v1/users/${user}/courses${queryString(timeQuery({ as_of: options?.asOf }))}`;
     return this.call("GET", url, undefined, undefined, options);
+  }
+
+  /**
+   * `GET …/statement?from=&to=`: the enrollment as it stood before `from`
+   * (`opening`), the entries with `from <= created_at < to`, and where they
+   * left it (`closing`). Without `from`, from the beginning; without `to`,
+   * until now.
+   */
+  statement(
+    userId: string,
+    courseId: string,
+    period: { readonly from?: string | Date; readonly to?: string | Date } = {},
+    options?: ReadOptions,
+  ): Promise<Outcome<StatementBody>> {
+    const suffix = `/statement${queryString(timeQuery({ from: period.from, to: period.to }))}`;
+    return this.call("GET", this.enrollmentUrl(userId, courseId, suffix), undefined, undefined, options);
+  }
+
+  /** `GET …/audit`: replay the enrollment's ledger and verify its hash chain. */
+  auditEnrollment(userId: string, courseId: string, options?: ReadOptions): Promise<Outcome<EnrollmentAuditBody>> {
+    return this.call("GET", this.enrollmentUrl(userId, courseId, "/audit"), undefined, undefined, options);
   }
 
   /** `POST …/payments`: record a payment of `amount` (1 ..= 10^12 minor units). */
@@ -433,8 +492,7 @@ export class BursarClient {
     page: { readonly after?: number; readonly limit?: number } = {},
     options?: ReadOptions,
   ): Promise<Outcome<LedgerBody>> {
-    const query = pageQuery(page, LEDGER_PAGE_LIMIT_MAX);
-    const suffix = query.toString() === "" ? "/ledger" : `/ledger?${query}`;
+    const suffix = `/ledger${queryString(pageQuery(page, LEDGER_PAGE_LIMIT_MAX))}`;
     return this.call("GET", this.enrollmentUrl(userId, courseId, suffix), undefined, undefined, options);
   }
 
@@ -489,7 +547,6 @@ export class BursarClient {
       params.set("wait", String(wait));
       policy = { ...policy, attemptTimeoutMs: policy.attemptTimeoutMs + wait * 1000 };
     }
-    const suffix = params.toString() === "" ? "" : `?${params}`;
-    return this.call("GET", `${this.baseUrl}/v1/events${suffix}`, undefined, undefined, options, policy);
+    return this.call("GET", `${this.baseUrl}/v1/events${queryString(params)}`, undefined, undefined, options, policy);
   }
 }

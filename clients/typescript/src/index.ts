@@ -2,6 +2,7 @@
 // retry and idempotency rules of bursar's Rust client.
 
 export {
+  type AsOfOptions,
   BursarClient,
   type ClientOptions,
   type OperationOptions,

@@ -149,6 +149,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The ledger entries with `from <= created_at < to`, in global order, streamed as CSV or JSON Lines (admin). */
+        get: operations["export"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/intake/exceptions": {
         parameters: {
             query?: never;
@@ -287,7 +304,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A user's enrollments, by course id. */
+        /**
+         * A user's enrollments, by course id; with `as_of`, as they stood then
+         *     (those not made yet are left out).
+         */
         get: operations["list_enrollments"];
         put?: never;
         post?: never;
@@ -304,10 +324,27 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The enrollment. */
+        /** The enrollment; with `as_of`, as it stood then. */
         get: operations["get_enrollment"];
         /** Enroll a student in a course (idempotent by its terms). */
         put: operations["enroll"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{user_id}/courses/{course_id}/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Replay one enrollment's ledger and verify its chain, as the audit does (reader). */
+        get: operations["audit_enrollment"];
+        put?: never;
         post?: never;
         delete?: never;
         options?: never;
@@ -497,6 +534,23 @@ export interface paths {
         put?: never;
         /** Record a refund. */
         post: operations["refund"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{user_id}/courses/{course_id}/statement": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An enrollment's statement over a period: opening, entries, closing (reader). */
+        get: operations["statement"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -786,6 +840,17 @@ export interface components {
             /** @description The hash chain over the covered entries, in position order. */
             root: components["schemas"]["Hash"];
         };
+        /** @description One way in which stored data disagrees with its own ledger. */
+        Disagreement: {
+            course_id: string;
+            problem: string;
+            /**
+             * Format: int64
+             * @description The entry at fault, if one is.
+             */
+            seq?: number | null;
+            user_id: string;
+        };
         /** @description `POST …/dismiss`. */
         DismissBody: {
             /** @description Why the ledger does not take it (for the people who read it later). */
@@ -839,6 +904,23 @@ export interface components {
             /** Format: int64 */
             version: number;
         };
+        /** @description The check of one enrollment's chain, in the words of `GET /v1/audit`. */
+        EnrollmentAuditBody: {
+            /**
+             * Format: int64
+             * @description Ledger entries replayed.
+             */
+            entries: number;
+            /** @description The hash of the newest entry as stored; `null` without entries. */
+            head_hash?: components["schemas"]["Hash"] | null;
+            /** @description True exactly when `problems` is empty. */
+            ok: boolean;
+            /**
+             * @description Every disagreement found, as the whole audit names them (at most
+             *     1,000, then one line counting the rest).
+             */
+            problems: components["schemas"]["Disagreement"][];
+        };
         EnrollmentBody: {
             enrollment: components["schemas"]["Enrollment"];
         };
@@ -857,7 +939,7 @@ export interface components {
              * @description A stable code such as `OVERPAYMENT`.
              * @enum {string}
              */
-            code: "INVALID_REQUEST" | "WEBHOOK_URL_FORBIDDEN" | "SIGNATURE_INVALID" | "UNAUTHENTICATED" | "FORBIDDEN" | "ENROLLMENT_NOT_FOUND" | "HOLD_NOT_FOUND" | "EXCEPTION_NOT_FOUND" | "NOT_FOUND" | "WEBHOOK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "ENROLLMENT_EXISTS" | "IDEMPOTENCY_KEY_REUSED" | "NOTHING_DUE" | "ENROLLMENT_CANCELLED" | "INVALID_TRANSITION" | "WEBHOOK_LIMIT_REACHED" | "HOLD_NOT_OPEN" | "PAYLOAD_TOO_LARGE" | "OVERPAYMENT" | "CREDIT_EXCEEDS_DUE" | "CAPTURE_EXCEEDS_HOLD" | "REFUND_EXCEEDS_PAID" | "CURRENCY_MISMATCH" | "TOTAL_LIMIT_EXCEEDED" | "INTERNAL" | "INTAKE_NOT_CONFIGURED" | "OVERLOADED" | "UNAVAILABLE" | "STORAGE_UNAVAILABLE" | "TIMEOUT";
+            code: "INVALID_REQUEST" | "WEBHOOK_URL_FORBIDDEN" | "SIGNATURE_INVALID" | "UNAUTHENTICATED" | "FORBIDDEN" | "ENROLLMENT_NOT_FOUND" | "HOLD_NOT_FOUND" | "EXCEPTION_NOT_FOUND" | "NOT_FOUND" | "WEBHOOK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "ENROLLMENT_EXISTS" | "IDEMPOTENCY_KEY_REUSED" | "NOTHING_DUE" | "ENROLLMENT_CANCELLED" | "INVALID_TRANSITION" | "WEBHOOK_LIMIT_REACHED" | "HOLD_NOT_OPEN" | "PAYLOAD_TOO_LARGE" | "OVERPAYMENT" | "CREDIT_EXCEEDS_DUE" | "CAPTURE_EXCEEDS_HOLD" | "REFUND_EXCEEDS_PAID" | "CURRENCY_MISMATCH" | "STATEMENT_TOO_LONG" | "TOTAL_LIMIT_EXCEEDED" | "INTERNAL" | "INTAKE_NOT_CONFIGURED" | "OVERLOADED" | "UNAVAILABLE" | "STORAGE_UNAVAILABLE" | "TIMEOUT";
             details?: unknown;
             message: string;
         };
@@ -1114,6 +1196,31 @@ export interface components {
             event_type: string;
             /** @description `stripe`. */
             processor: string;
+        };
+        /**
+         * @description One enrollment over a period: `closing` is `opening` with `entries`
+         *     applied, field by field.
+         */
+        StatementBody: {
+            /**
+             * @description The enrollment after the last entry before `to`; `null` when it did
+             *     not exist yet.
+             */
+            closing?: components["schemas"]["Enrollment"] | null;
+            course_id: components["schemas"]["CourseId"];
+            currency: components["schemas"]["Currency"];
+            /** @description The entries with `from <= created_at < to`, oldest first. */
+            entries: components["schemas"]["LedgerEntry"][];
+            /** @description The start of the period as asked; `null`: from the beginning. */
+            from?: components["schemas"]["Timestamp"] | null;
+            /**
+             * @description The enrollment as it stood before `from`; `null` when it did not
+             *     exist yet.
+             */
+            opening?: components["schemas"]["Enrollment"] | null;
+            /** @description The end of the period (excluded): as asked, or the server's now. */
+            to: components["schemas"]["Timestamp"];
+            user_id: components["schemas"]["UserId"];
         };
         /**
          * Format: date-time
@@ -1616,6 +1723,70 @@ export interface operations {
                 };
             };
             "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    export: {
+        parameters: {
+            query?: {
+                /** @description the start of the period, included; default the beginning. Any RFC 3339 date-time; not after the server's clock */
+                from?: string;
+                /** @description the end of the period, excluded; default the server's now. Any RFC 3339 date-time; not after the server's clock, not before from */
+                to?: string;
+                /** @description csv (the default: a header line, then one row per entry) or jsonl (one JSON object per line, no header line) */
+                format?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the entries, streamed; a failure after the first bytes cuts the body short (no final chunk), never a complete-looking file */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": unknown;
+                    "text/csv; charset=utf-8": unknown;
+                };
+            };
+            /** @description INVALID_REQUEST: a malformed time or format, a time after the server's clock, or from after to */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no token, or one that is unknown, revoked or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description FORBIDDEN: the token's role may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description OVERLOADED, TIMEOUT, UNAVAILABLE or STORAGE_UNAVAILABLE: retry after `Retry-After` seconds with the same Idempotency-Key */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2204,7 +2375,10 @@ export interface operations {
     };
     list_enrollments: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description answer as the enrollment stood at this time: the snapshot of its newest ledger entry created at or before it. Any RFC 3339 date-time (Z or an offset; send + as %2B); a time after the server's clock is 400 INVALID_REQUEST */
+                as_of?: string;
+            };
             header?: never;
             path: {
                 user_id: components["schemas"]["UserId"];
@@ -2269,7 +2443,10 @@ export interface operations {
     };
     get_enrollment: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description answer as the enrollment stood at this time: the snapshot of its newest ledger entry created at or before it. Any RFC 3339 date-time (Z or an offset; send + as %2B); a time after the server's clock is 400 INVALID_REQUEST */
+                as_of?: string;
+            };
             header?: never;
             path: {
                 user_id: components["schemas"]["UserId"];
@@ -2420,6 +2597,73 @@ export interface operations {
                 };
             };
             "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    audit_enrollment: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: components["schemas"]["UserId"];
+                course_id: components["schemas"]["CourseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrollmentAuditBody"];
+                };
+            };
+            /** @description INVALID_REQUEST: a malformed path, query, header or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no token, or one that is unknown, revoked or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description FORBIDDEN: the token's role may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description ENROLLMENT_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description OVERLOADED, TIMEOUT, UNAVAILABLE or STORAGE_UNAVAILABLE: retry after `Retry-After` seconds with the same Idempotency-Key */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3504,6 +3748,87 @@ export interface operations {
                 };
             };
             "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    statement: {
+        parameters: {
+            query?: {
+                /** @description the start of the period, included; default the beginning. Any RFC 3339 date-time; not after the server's clock */
+                from?: string;
+                /** @description the end of the period, excluded; default the server's now. Any RFC 3339 date-time; not after the server's clock, not before from */
+                to?: string;
+            };
+            header?: never;
+            path: {
+                user_id: components["schemas"]["UserId"];
+                course_id: components["schemas"]["CourseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatementBody"];
+                };
+            };
+            /** @description INVALID_REQUEST: a malformed time, a time after the server's clock, or from after to */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description UNAUTHENTICATED: no token, or one that is unknown, revoked or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description FORBIDDEN: the token's role may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description ENROLLMENT_NOT_FOUND */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description STATEMENT_TOO_LONG: more than 1,000 entries in the period */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description OVERLOADED, TIMEOUT, UNAVAILABLE or STORAGE_UNAVAILABLE: retry after `Retry-After` seconds with the same Idempotency-Key */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -30,6 +30,10 @@ export type BatchResult = Schemas["BatchResult"];
 export type BursarEvent = Schemas["Event"];
 export type EventType = Schemas["EventType"];
 export type EventsBody = Schemas["EventsBody"];
+/** `{opening, entries, closing, …}`: an enrollment over a period. */
+export type StatementBody = Schemas["StatementBody"];
+/** `{ok, entries, head_hash, problems}`: the check of one enrollment's chain. */
+export type EnrollmentAuditBody = Schemas["EnrollmentAuditBody"];
 
 /** Every error code this version of the server documents. */
 export type ErrorCode = Schemas["ErrorDetail"]["code"];

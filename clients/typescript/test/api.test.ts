@@ -227,6 +227,35 @@ describe("the client against bursar serve", { skip: serverUnavailable() }, () =>
     }
   });
 
+  test("as of a time, a statement of a period, and the audit of one enrollment", async () => {
+    succeeded(await client.enroll("judy", "go-201", { currency: "EUR", price: 4_000 }));
+    const first = succeeded(await client.payment("judy", "go-201", { amount: 1_000 }));
+    const second = succeeded(await client.payment("judy", "go-201", { amount: 500 }));
+    const then = succeeded(await client.getEnrollment("judy", "go-201", { asOf: first.entry.created_at }), 200);
+    assert.deepEqual(then, first.enrollment);
+    const listed = succeeded(await client.listEnrollments("judy", { asOf: first.entry.created_at }), 200);
+    assert.deepEqual(listed.enrollments, [first.enrollment]);
+    refused(await client.getEnrollment("judy", "go-201", { asOf: new Date(Date.now() + 86_400_000) }), 400, "INVALID_REQUEST");
+    refused(await client.getEnrollment("judy", "go-201", { asOf: "yesterday" }), 400, "INVALID_REQUEST");
+    assert.throws(() => client.getEnrollment("judy", "go-201", { asOf: new Date(Number.NaN) }), RangeError);
+    const statement = succeeded(
+      await client.statement("judy", "go-201", { from: first.entry.created_at, to: second.entry.created_at }),
+      200,
+    );
+    assert.deepEqual(
+      statement.entries.map((entry) => [entry.kind, entry.amount]),
+      [["PAYMENT", 1_000]],
+    );
+    assert.equal(statement.opening?.amount_paid, 0);
+    assert.deepEqual(statement.closing, first.enrollment);
+    const whole = succeeded(await client.statement("judy", "go-201"), 200);
+    assert.equal(whole.entries.length, 3);
+    assert.deepEqual(whole.closing, second.enrollment);
+    const audit = succeeded(await client.auditEnrollment("judy", "go-201"), 200);
+    assert.deepEqual([audit.ok, audit.entries, audit.problems], [true, 3, []]);
+    assert.equal(audit.head_hash, second.entry.hash);
+  });
+
   test("the audit finds every ledger sound afterwards", async () => {
     const report = (await getJson(server, "/v1/audit")) as { ok: boolean; entries: number; disagreements: unknown[] };
     assert.equal(report.ok, true, JSON.stringify(report));

@@ -28,4 +28,5 @@ mod readme;
 mod scenarios;
 mod stripe_events;
 mod tokens;
+mod typescript;
 mod webhooks;

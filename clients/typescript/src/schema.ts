@@ -640,6 +640,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/whoami": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The role, id and expiry of the token this request carries (any role).
+         *     The admin page asks it to know what to offer; the server checks the
+         *     role of every call anyway.
+         */
+        get: operations["whoami"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1271,6 +1292,17 @@ export interface components {
         };
         WebhooksBody: {
             webhooks: components["schemas"]["WebhookView"][];
+        };
+        /** @description `GET /v1/whoami`: the presented token as the server sees it. */
+        WhoAmIBody: {
+            /** @description `null`: the token does not expire. */
+            expires_at?: components["schemas"]["Timestamp"] | null;
+            role: components["schemas"]["Role"];
+            /**
+             * @description The token's public id (`tok_…`); `null` for the break-glass
+             *     `BURSAR_ADMIN_TOKEN` of the configuration, which is not stored.
+             */
+            token_id?: string | null;
         };
     };
     responses: never;
@@ -4189,6 +4221,61 @@ export interface operations {
             };
             /** @description PAYLOAD_TOO_LARGE: the body is over its limit */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description OVERLOADED, TIMEOUT, UNAVAILABLE or STORAGE_UNAVAILABLE: retry after `Retry-After` seconds with the same Idempotency-Key */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    whoami: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhoAmIBody"];
+                };
+            };
+            /** @description INVALID_REQUEST: a malformed path, query, header or body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description no token, or an unknown, revoked or expired one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description FORBIDDEN: the token's role may not do this */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

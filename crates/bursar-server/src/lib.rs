@@ -1,6 +1,7 @@
 //! The bursar HTTP service: the group-commit writer, the axum router, auth,
-//! metrics, the digests and the OpenAPI document.
+//! metrics, the digests, the OpenAPI document and the admin page.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod batch;
@@ -290,6 +291,7 @@ pub fn router(state: AppState) -> Router {
             get(tokens::list_tokens).post(tokens::create_token),
         )
         .route("/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route("/v1/whoami", get(tokens::whoami))
         .route(
             "/v1/webhooks",
             get(webhooks::list_webhooks).post(webhooks::create_webhook),
@@ -325,6 +327,8 @@ pub fn router(state: AppState) -> Router {
                 intake::stripe::STRIPE_EVENT_BYTES_MAX,
             )),
         )
+        // The admin page is public: its API calls carry the token.
+        .merge(admin::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

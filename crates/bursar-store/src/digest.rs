@@ -166,7 +166,6 @@ pub(crate) mod postgres {
     use super::*;
     use crate::postgres::read_error;
     use deadpool_postgres::Object;
-    use tokio_postgres::IsolationLevel;
 
     const SELECT_ROWS: &str = concat!(
         "SELECT ",
@@ -177,13 +176,7 @@ pub(crate) mod postgres {
     /// Folds every row with `position <= upto` in one REPEATABLE READ READ
     /// ONLY transaction: one snapshot, which is a prefix of the order.
     async fn fold(client: &mut Object, upto: i64) -> Result<DigestFold, StoreError> {
-        let transaction = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
+        let transaction = crate::postgres::read_snapshot(client).await?;
         let statement = transaction.prepare(SELECT_ROWS).await.map_err(read_error)?;
         let portal = transaction
             .bind(&statement, &[&upto])

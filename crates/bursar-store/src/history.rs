@@ -275,7 +275,6 @@ pub(crate) mod postgres {
     use crate::postgres::{parse_entry, read_error, row_key};
     use bursar_core::UserId;
     use deadpool_postgres::GenericClient;
-    use tokio_postgres::IsolationLevel;
 
     const LATEST_BEFORE: &str = "SELECT snapshot FROM ledger \
          WHERE user_id = $1 AND course_id = $2 AND created_at < $3 ORDER BY seq DESC LIMIT 1";
@@ -365,13 +364,7 @@ pub(crate) mod postgres {
         to: Timestamp,
         limit: u32,
     ) -> Result<StatementRows, StoreError> {
-        let read = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
+        let read = crate::postgres::read_snapshot(client).await?;
         let from = from.map_or(i64::MIN, Timestamp::unix_micros);
         let opening = latest_before(&read, key, from).await?;
         let statement = read
@@ -448,13 +441,7 @@ pub(crate) mod postgres {
         client: &mut deadpool_postgres::Object,
         key: &EnrollmentKey,
     ) -> Result<Option<EnrollmentAudit>, StoreError> {
-        let transaction = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
+        let transaction = crate::postgres::read_snapshot(client).await?;
         let ids = [(key.user_id.to_string(), key.course_id.to_string())];
         let report = crate::postgres::audit_keys(&transaction, &ids).await?;
         let head: Option<String> = transaction

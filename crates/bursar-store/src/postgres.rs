@@ -1176,13 +1176,7 @@ impl PostgresStore {
 
     pub async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
         let mut client = self.connection().await?;
-        let snapshot = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
+        let snapshot = read_snapshot(&mut client).await?;
         let page = events::postgres::read(&snapshot, &query).await?;
         snapshot.commit().await.map_err(read_error)?;
         Ok(page)
@@ -1221,13 +1215,7 @@ impl PostgresStore {
     /// consistent database look inconsistent.
     pub async fn audit(&self) -> Result<AuditReport, StoreError> {
         let mut client = self.connection().await?;
-        let transaction = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
+        let transaction = read_snapshot(&mut client).await?;
         let report = audit(&transaction).await?;
         transaction.commit().await.map_err(read_error)?;
         Ok(report)
@@ -1911,6 +1899,20 @@ pub(crate) fn parse_entry(
     };
     let fingerprint = Hash::from_hex(&text(5, "fingerprint")?).ok_or_else(|| bad("fingerprint"))?;
     Ok((entry, fingerprint))
+}
+
+/// A read-only repeatable-read transaction: one snapshot for reads that
+/// take several statements and must see one state of the database.
+pub(crate) async fn read_snapshot(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(read_error)
 }
 
 /// The ledger rows of one chunk of the audit, read from a portal a page of

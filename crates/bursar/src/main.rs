@@ -490,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhooks,
             stripe_webhook_secrets,
             nats,
+            bench_http_ceiling,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -508,6 +509,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_webhooks(webhooks.options());
             if let Some(options) = nats.options() {
                 app = app.with_nats(options);
+            }
+            if bench_http_ceiling {
+                app = app.with_http_ceiling();
             }
             if webhooks.webhooks_allow_private {
                 tracing::warn!(

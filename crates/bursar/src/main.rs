@@ -232,6 +232,10 @@ enum Commands {
         stripe_webhook_secrets: Vec<String>,
         #[command(flatten)]
         nats: NatsArgs,
+        /// Benchmarks only: answer payments without recording them, to
+        /// measure the HTTP stack alone (bench/run.py case 0). Hidden.
+        #[arg(long, hide = true)]
+        bench_http_ceiling: bool,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged

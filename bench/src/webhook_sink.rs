@@ -254,7 +254,11 @@ fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let options = options();
-    let server = start_server(&options.bursar, options.database.as_deref(), options.ceiling);
+    let server = start_server(
+        &options.bursar,
+        options.database.as_deref(),
+        options.ceiling,
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(options.clients)

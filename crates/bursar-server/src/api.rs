@@ -313,7 +313,10 @@ pub async fn payment(
     JsonBody(body): JsonBody<PaymentBody>,
 ) -> Result<Response, ApiError> {
     let request = operation(path, key, body.into_command()?);
-    if state.http_ceiling.load(std::sync::atomic::Ordering::Relaxed) {
+    if state
+        .http_ceiling
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
         return Ok(crate::ceiling::payment(request, crate::writer::now()));
     }
     apply_one(&state, request).await

@@ -2,10 +2,12 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit, the digests and the API tokens.
 
+mod checkpoint;
 mod digest;
 mod events;
 mod holds;
 pub mod intake;
+mod ledger_rows;
 mod postgres;
 mod publishers;
 mod sqlite;

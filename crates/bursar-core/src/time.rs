@@ -124,6 +124,86 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     (timestamp.to_string() == text).then_some(timestamp)
 }
 
+/// Reads any RFC 3339 date-time (`2026-03-01T09:30:00+01:00`,
+/// `2026-03-01t08:30:00.5z`, …) and converts it to UTC: what a client may
+/// send as a point in time. `T` and `Z` may be lower case; the offset is `Z`
+/// or `±HH:MM` (hours 00 to 23); a fraction of any length is kept to the
+/// microsecond (further digits are dropped); a leap second (`:60`) counts
+/// as the first instant of the next minute. `None` for anything else.
+pub fn parse_rfc3339_any(text: &str) -> Option<Timestamp> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = bytes.get(range)?;
+        part.iter().try_fold(0i64, |value, byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + i64::from(byte - b'0'))
+        })
+    };
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // The fraction, if any: its first six digits are microseconds.
+    let mut index = 19;
+    let mut micros = 0;
+    if bytes[index] == b'.' {
+        index += 1;
+        let start = index;
+        while index < bytes.len() && bytes[index].is_ascii_digit() {
+            if index - start < 6 {
+                micros = micros * 10 + i64::from(bytes[index] - b'0');
+            }
+            index += 1;
+        }
+        if index == start {
+            return None;
+        }
+        for _ in (index - start)..6 {
+            micros *= 10;
+        }
+    }
+    let offset_seconds = match &bytes[index..] {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (digits(index + 1..index + 3)?, digits(index + 4..index + 6)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'-' { -seconds } else { seconds }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month as u32, day as u32);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
+    Some(Timestamp(seconds * 1_000_000 + micros))
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let bytes = self.rfc3339_bytes();
@@ -167,5 +247,45 @@ mod tests {
         }
         assert_eq!(parse_rfc3339("2026-02-30T00:00:00.000000Z"), None);
         assert_eq!(parse_rfc3339("2026-01-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn any_rfc3339_time_is_read_in_utc() {
+        let utc = |text: &str| parse_rfc3339_any(text).map(|stamp| stamp.to_string());
+        for (text, expected) in [
+            ("2026-03-01T09:30:00Z", "2026-03-01T09:30:00.000000Z"),
+            ("2026-03-01T09:30:00+01:00", "2026-03-01T08:30:00.000000Z"),
+            ("2026-03-01t00:30:00.5-02:30", "2026-03-01T03:00:00.500000Z"),
+            ("2026-03-01T00:00:00+23:59", "2026-02-28T00:01:00.000000Z"),
+            (
+                "2024-02-29T23:59:59.1234567z",
+                "2024-02-29T23:59:59.123456Z",
+            ),
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00.000000Z"),
+            ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+            ("2026-11-29T18:54:13.123456Z", "2026-11-29T18:54:13.123456Z"),
+        ] {
+            assert_eq!(utc(text).as_deref(), Some(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "2026-03-01",
+            "2026-03-01T09:30Z",
+            "2026-03-01T09:30:00",
+            "2026-03-01 09:30:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-03-01T24:00:00Z",
+            "2026-03-01T09:30:00.Z",
+            "2026-03-01T09:30:00+24:00",
+            "2026-03-01T09:30:00+0100",
+            "2026-03-01T09:30:00+01:00:00",
+            "+2026-03-01T09:30:00Z",
+            "2026-03-01T09:30:00ZZ",
+            "２026-03-01T09:30:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_any(bad), None, "{bad}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 use crate::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::extract::{EnrollmentPath, IdempotencyKeyHeader, JsonBody, LedgerPage, UserPath};
+use crate::extract::{AsOf, EnrollmentPath, IdempotencyKeyHeader, JsonBody, LedgerPage, UserPath};
 use crate::writer::WriteError;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -15,6 +15,11 @@ use bursar_core::{
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// What `as_of` means, for the OpenAPI document.
+const AS_OF_DESCRIPTION: &str = "answer as the enrollment stood at this time: the snapshot \
+    of its newest ledger entry created at or before it. Any RFC 3339 date-time (Z or an \
+    offset; send + as %2B); a time after the server's clock is 400 INVALID_REQUEST";
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -271,15 +276,21 @@ pub async fn enroll(
     apply_one(&state, request).await
 }
 
-/// The enrollment.
+/// The enrollment; with `as_of`, as it stood then.
 #[utoipa::path(get, path = "/v1/users/{user_id}/courses/{course_id}",
-    params(("user_id" = String, Path), ("course_id" = String, Path)),
+    params(("user_id" = String, Path), ("course_id" = String, Path),
+        ("as_of" = Option<String>, Query, format = DateTime, description = AS_OF_DESCRIPTION)),
     responses((status = 200, body = Enrollment), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_enrollment(
     State(state): State<AppState>,
     EnrollmentPath(key): EnrollmentPath,
+    AsOf(as_of): AsOf,
 ) -> Result<Response, ApiError> {
-    match state.store.enrollment(&key).await? {
+    let enrollment = match as_of {
+        Some(at) => state.store.enrollment_as_of(&key, at).await?,
+        None => state.store.enrollment(&key).await?,
+    };
+    match enrollment {
         Some(enrollment) => Ok(json_response(StatusCode::OK, &enrollment)),
         None => Err(ApiError::from_rejection(
             &bursar_core::Rejection::EnrollmentNotFound(key),
@@ -287,14 +298,21 @@ pub async fn get_enrollment(
     }
 }
 
-/// A user's enrollments, by course id.
-#[utoipa::path(get, path = "/v1/users/{user_id}/courses", params(("user_id" = String, Path)),
+/// A user's enrollments, by course id; with `as_of`, as they stood then
+/// (those not made yet are left out).
+#[utoipa::path(get, path = "/v1/users/{user_id}/courses",
+    params(("user_id" = String, Path),
+        ("as_of" = Option<String>, Query, format = DateTime, description = AS_OF_DESCRIPTION)),
     responses((status = 200, body = EnrollmentsBody), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_enrollments(
     State(state): State<AppState>,
     UserPath(user_id): UserPath,
+    AsOf(as_of): AsOf,
 ) -> Result<Response, ApiError> {
-    let enrollments = state.store.enrollments_of(&user_id).await?;
+    let enrollments = match as_of {
+        Some(at) => state.store.enrollments_of_as_of(&user_id, at).await?,
+        None => state.store.enrollments_of(&user_id).await?,
+    };
     Ok(json_response(
         StatusCode::OK,
         &EnrollmentsBody { enrollments },
@@ -471,12 +489,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
-/// The role a route needs: reads need `reader`, writes `writer`, the audit,
-/// the tokens and the intake's exceptions `admin`. (`POST
-/// /v1/intake/stripe` is outside the token layer: its signature
-/// authenticates it.)
+/// The role a route needs: reads need `reader` (the audit of one
+/// enrollment, `…/audit`, among them), writes `writer`, the whole audit,
+/// the export, the digest, the tokens, the webhooks and the intake's
+/// exceptions `admin`. (`POST /v1/intake/stripe` is outside the token
+/// layer: its signature authenticates it.)
 pub fn role_needed(method: &axum::http::Method, path: &str) -> Role {
     if path.starts_with("/v1/audit")
+        || path.starts_with("/v1/export")
         || path.starts_with("/v1/tokens")
         || path.starts_with("/v1/intake")
         || path.starts_with("/v1/webhooks")

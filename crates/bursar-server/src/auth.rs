@@ -130,10 +130,21 @@ pub async fn create_token(store: &Store, role: Role) -> Result<String, StoreErro
 }
 
 /// What the cache keeps of a usable token.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CachedToken {
     role: Role,
     expires_at: Option<Timestamp>,
+    /// Its public id: shared, so a lookup copies no string.
+    id: Arc<str>,
+}
+
+/// Who a presented token is (`GET /v1/whoami`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    /// `None` for the configured `BURSAR_ADMIN_TOKEN`, which is not stored.
+    pub token_id: Option<Arc<str>>,
+    pub expires_at: Option<Timestamp>,
 }
 
 /// The usable tokens by hash, as the table held them when `loaded_at`
@@ -213,6 +224,7 @@ impl Auth {
                     CachedToken {
                         role,
                         expires_at: record.expires_at,
+                        id: Arc::from(record.id),
                     },
                 ))
             })
@@ -296,39 +308,42 @@ impl Auth {
     /// The role of a presented token, or `None` if it is unknown, revoked or
     /// expired.
     pub async fn role_of(&self, token: &str) -> Option<Role> {
+        Some(self.identify(token).await?.role)
+    }
+
+    /// Who a presented token is, or `None` if it is unknown, revoked or
+    /// expired.
+    pub async fn identify(&self, token: &str) -> Option<Identity> {
         let hash = hash_token(token);
         if self
             .configured_admin
             .is_some_and(|admin| constant_time_eq(&admin, &hash))
         {
-            return Some(Role::Admin);
+            return Some(Identity {
+                role: Role::Admin,
+                token_id: None,
+                expires_at: None,
+            });
         }
         // Looked up by the SHA-256 of what was presented: how long the
         // lookup takes says nothing about any stored secret.
-        let cached = *self.fresh_snapshot().await.tokens.get(&hash)?;
+        let cached = self.fresh_snapshot().await.tokens.get(&hash)?.clone();
         if cached
             .expires_at
             .is_some_and(|expires_at| crate::writer::now() >= expires_at)
         {
             return None;
         }
-        Some(cached.role)
+        Some(Identity {
+            role: cached.role,
+            token_id: Some(cached.id),
+            expires_at: cached.expires_at,
+        })
     }
     /// Checks an `Authorization` header value against the role a route needs.
     pub async fn check(&self, header: Option<&str>, needed: Role) -> Result<Role, ApiError> {
-        let unauthenticated =
-            |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
-        let header =
-            header.ok_or_else(|| unauthenticated("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| unauthenticated("the Authorization header must be 'Bearer <token>'"))?;
-        let role = self
-            .role_of(token)
-            .await
-            .ok_or_else(|| unauthenticated("unknown, revoked or expired token"))?;
+        let token = bearer(header)?;
+        let role = self.role_of(token).await.ok_or_else(unknown_token)?;
         if role < needed {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -342,4 +357,23 @@ impl Auth {
         }
         Ok(role)
     }
+}
+
+fn unauthenticated(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+}
+
+/// The 401 of a token that is not (or no longer) usable.
+pub fn unknown_token() -> ApiError {
+    unauthenticated("unknown, revoked or expired token")
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    header
+        .ok_or_else(|| unauthenticated("missing Authorization: Bearer <token>"))?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| unauthenticated("the Authorization header must be 'Bearer <token>'"))
 }

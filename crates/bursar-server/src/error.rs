@@ -38,6 +38,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("CAPTURE_EXCEEDS_HOLD", 422, "a capture above the hold's amount"),
     ("REFUND_EXCEEDS_PAID", 422, "a refund above the amount paid"),
     ("CURRENCY_MISMATCH", 422, "a payment in another currency than the enrollment's"),
+    ("STATEMENT_TOO_LONG", 422, "`GET …/statement`: the period holds more than 1,000 entries of the enrollment; ask for a shorter one, page through `…/ledger`, or export the period"),
     ("TOTAL_LIMIT_EXCEEDED", 422, "price + charges, or the sum of refunds, would pass 10^15 minor units"),
     ("INTERNAL", 500, "a bug; it is logged. Never the answer to bad input"),
     ("INTAKE_NOT_CONFIGURED", 503, "`POST /v1/intake/stripe` while no Stripe webhook secret is configured (`BURSAR_STRIPE_WEBHOOK_SECRETS`): nothing is stored, and Stripe retries until one is"),

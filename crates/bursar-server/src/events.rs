@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::api::ErrorBody;
 use crate::api::json_response;
 use crate::error::ApiError;
-use crate::extract::query_number;
+use crate::extract::{percent_decoded, query_number};
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -168,32 +168,6 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
     }
 }
 
-/// `%XX` escapes decoded (event type names are ASCII; anything that is not
-/// a well-formed escape is kept as it is, and then names no type).
-fn percent_decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| bytes.get(index + 1..index + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                decoded.push(byte);
-                index += 3;
-            }
-            None => {
-                decoded.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
 /// The answer of `GET /v1/events`.
 #[derive(Serialize, ToSchema)]
 pub struct EventsBody {
@@ -252,20 +226,3 @@ pub async fn list_events(
 #[derive(OpenApi)]
 #[openapi(paths(list_events))]
 pub struct EventsDoc;
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decoded;
-
-    #[test]
-    fn escapes_are_decoded_and_the_rest_kept() {
-        assert_eq!(
-            percent_decoded("payment.recorded%2Cintake.exception"),
-            "payment.recorded,intake.exception"
-        );
-        assert_eq!(percent_decoded("a%2c"), "a,");
-        for kept in ["plain", "%", "%2", "%zz", "100%"] {
-            assert_eq!(percent_decoded(kept), kept);
-        }
-    }
-}

@@ -6,7 +6,7 @@ use crate::bodies::read_body;
 use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
-use bursar_core::{CourseId, EnrollmentKey, IdempotencyKey, UserId};
+use bursar_core::{CourseId, EnrollmentKey, IdempotencyKey, Timestamp, UserId};
 use serde::de::DeserializeOwned;
 
 /// Bodies of single operations are tiny; 64 KiB leaves room for long reasons
@@ -180,5 +180,141 @@ impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
             }
         }
         Ok(page)
+    }
+}
+
+/// `%XX` escapes decoded; anything that is not a well-formed escape is kept
+/// as it is (then it names no event type and is no time), and so is `+`: a
+/// time's offset `+01:00` reads the same sent as `+` or as `%2B`.
+pub fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// A time of a query string (`as_of`, `from`, `to`): any RFC 3339
+/// date-time, converted to UTC; else 400 `INVALID_REQUEST` naming the
+/// parameter.
+pub fn query_time(name: &str, value: &str) -> Result<Timestamp, ApiError> {
+    let text = percent_decoded(value);
+    bursar_core::time::parse_rfc3339_any(&text).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "{name} must be an RFC 3339 date-time such as 2026-03-01T00:00:00Z or \
+             2026-03-01T09:30:00+01:00 (send + as %2B), not {text:?}"
+        ))
+    })
+}
+
+/// A time that must not be after the clock's now: the ledger cannot say yet
+/// what will stand then. The message names the parameter and both times.
+pub fn not_after_now(name: &str, at: Timestamp, now: Timestamp) -> Result<Timestamp, String> {
+    if at > now {
+        return Err(format!(
+            "{name} {at} is in the future (now is {now}): the ledger cannot answer for a \
+             moment that has not come"
+        ));
+    }
+    Ok(at)
+}
+
+/// A parameter of a query string: its name and its value as sent.
+pub type QueryPair<'a> = (&'a str, &'a str);
+
+/// The name-value pairs of a query string, each name one of `known` (else
+/// 400 naming them), values as sent.
+pub fn query_pairs<'a>(
+    query: &'a Option<String>,
+    known: &[&str],
+) -> Result<Vec<QueryPair<'a>>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&name) {
+            return Err(ApiError::invalid(format!(
+                "unknown query parameter {name:?}; expected {}",
+                known.join(", ")
+            )));
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// `?as_of=` of the enrollment reads: the time to answer for, if any.
+pub struct AsOf(pub Option<Timestamp>);
+
+impl<S: Send + Sync> FromRequestParts<S> for AsOf {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let RawQuery(query) = RawQuery::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid("bad query string"))?;
+        let mut as_of = None;
+        for (name, value) in query_pairs(&query, &["as_of"])? {
+            let at = query_time(name, value)?;
+            as_of = Some(not_after_now(name, at, crate::writer::now()).map_err(ApiError::invalid)?);
+        }
+        Ok(AsOf(as_of))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_decoded_and_the_rest_kept() {
+        assert_eq!(
+            percent_decoded("payment.recorded%2Cintake.exception"),
+            "payment.recorded,intake.exception"
+        );
+        assert_eq!(percent_decoded("a%2c"), "a,");
+        for kept in ["plain", "%", "%2", "%zz", "100%", "+01:00"] {
+            assert_eq!(percent_decoded(kept), kept);
+        }
+    }
+
+    #[test]
+    fn query_times_take_any_offset_sent_either_way() {
+        let utc = Timestamp::from_unix_micros(1_772_346_600_000_000);
+        for sent in [
+            "2026-03-01T06:30:00Z",
+            "2026-03-01T07:30:00+01:00",
+            "2026-03-01T07:30:00%2B01:00",
+            "2026-03-01T06%3A30%3A00Z",
+        ] {
+            assert_eq!(query_time("as_of", sent).expect(sent), utc, "{sent}");
+        }
+        let error = query_time("as_of", "yesterday").expect_err("not a time");
+        assert_eq!(error.code, "INVALID_REQUEST");
+        assert!(
+            error.message.contains("as_of must be an RFC 3339"),
+            "{}",
+            error.message
+        );
     }
 }

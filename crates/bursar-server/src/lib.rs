@@ -1,6 +1,7 @@
 //! The bursar HTTP service: the group-commit writer, the axum router, auth,
-//! metrics, the digests and the OpenAPI document.
+//! metrics, the digests, the OpenAPI document and the admin page.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod batch;
@@ -10,7 +11,9 @@ pub mod connections;
 pub mod digest;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
+pub mod finance;
 pub mod holds;
 pub mod intake;
 pub mod json_errors;
@@ -49,7 +52,8 @@ use tokio::net::TcpListener;
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The longest `GET /v1/audit` or `GET /v1/digest` may take (both read the
-/// whole ledger); `bursar audit` and `bursar digest` have no limit.
+/// whole ledger), and `GET /v1/export` to its first bytes; `bursar audit`
+/// and `bursar digest` have no limit.
 pub const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Everything a request handler needs. axum clones the state for every
@@ -286,10 +290,19 @@ pub fn router(state: AppState) -> Router {
             get(api::ledger),
         )
         .route(
+            "/v1/users/{user_id}/courses/{course_id}/statement",
+            get(finance::statement),
+        )
+        .route(
+            "/v1/users/{user_id}/courses/{course_id}/audit",
+            get(finance::audit_enrollment),
+        )
+        .route(
             "/v1/batch",
             post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_BYTES_MAX)),
         )
         .route("/v1/audit", get(api::audit))
+        .route("/v1/export", get(export::export))
         .route("/v1/events", get(events::list_events))
         .route("/v1/digest", get(digest::digest))
         .route(
@@ -297,6 +310,7 @@ pub fn router(state: AppState) -> Router {
             get(tokens::list_tokens).post(tokens::create_token),
         )
         .route("/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route("/v1/whoami", get(tokens::whoami))
         .route(
             "/v1/webhooks",
             get(webhooks::list_webhooks).post(webhooks::create_webhook),
@@ -332,6 +346,8 @@ pub fn router(state: AppState) -> Router {
                 intake::stripe::STRIPE_EVENT_BYTES_MAX,
             )),
         )
+        // The admin page is public: its API calls carry the token.
+        .merge(admin::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -373,10 +389,12 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         _ => "OTHER",
     };
     // The audit and the digest read the whole ledger and change nothing: they
-    // may take as long as they need.
+    // may take as long as they need. So may an export's first page, which
+    // may scan far for the period's first entry; this bounds only the time
+    // to the answer's head, and the body it streams after has no limit.
     // A long-poll of the feed may wait its `wait` before it reads.
     let timeout = match route {
-        "/v1/audit" | "/v1/digest" => AUDIT_TIMEOUT,
+        "/v1/audit" | "/v1/digest" | "/v1/export" => AUDIT_TIMEOUT,
         "/v1/events" => {
             REQUEST_TIMEOUT + std::time::Duration::from_secs(events::EVENTS_WAIT_SECONDS_MAX)
         }

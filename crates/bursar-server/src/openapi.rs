@@ -51,6 +51,8 @@ pub fn document() -> &'static Value {
         document.merge(crate::digest::DigestDoc::openapi());
         document.merge(crate::webhooks::WebhooksDoc::openapi());
         document.merge(crate::intake::IntakeDoc::openapi());
+        document.merge(crate::finance::FinanceDoc::openapi());
+        document.merge(crate::export::ExportDoc::openapi());
         let mut document = serde_json::to_value(document).expect("the OpenAPI document serializes");
         complete_operations(&mut document);
         close_request_objects(&mut document);

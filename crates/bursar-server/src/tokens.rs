@@ -1,16 +1,17 @@
 //! The admin API for API tokens: `GET /v1/tokens` lists them (never a
 //! secret or its hash), `POST /v1/tokens` makes one and shows its secret
-//! once, `DELETE /v1/tokens/{id}` revokes one. Also the token lifetime
-//! syntax (`30d`, `12h`, `90m`, `3600s`) the command line shares.
+//! once, `DELETE /v1/tokens/{id}` revokes one; `GET /v1/whoami` tells any
+//! token its own role. Also the token lifetime syntax (`30d`, `12h`, `90m`,
+//! `3600s`) the command line shares.
 
 use crate::AppState;
 use crate::api::{ErrorBody, json_response};
-use crate::auth::{Role, make_token};
+use crate::auth::{Role, bearer, make_token, unknown_token};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use axum::extract::{FromRequestParts, Path, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bursar_core::Timestamp;
 use bursar_store::TokenRecord;
@@ -219,6 +220,46 @@ pub async fn revoke_token(
     Ok(json_response(StatusCode::OK, &TokenView::of(&record, now)))
 }
 
+/// `GET /v1/whoami`: the presented token as the server sees it.
+#[derive(Serialize, ToSchema)]
+pub struct WhoAmIBody {
+    pub role: Role,
+    /// The token's public id (`tok_…`); `null` for the break-glass
+    /// `BURSAR_ADMIN_TOKEN` of the configuration, which is not stored.
+    pub token_id: Option<String>,
+    /// `null`: the token does not expire.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The role, id and expiry of the token this request carries (any role).
+/// The admin page asks it to know what to offer; the server checks the
+/// role of every call anyway.
+#[utoipa::path(get, path = "/v1/whoami",
+    responses((status = 200, body = WhoAmIBody),
+        (status = 401, body = ErrorBody, description = "no token, or an unknown, revoked or expired one")),
+    security(("bearer" = [])))]
+pub async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let identity = state
+        .auth
+        .identify(bearer(header)?)
+        .await
+        .ok_or_else(unknown_token)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &WhoAmIBody {
+            role: identity.role,
+            token_id: identity.token_id.map(|id| id.to_string()),
+            expires_at: identity.expires_at,
+        },
+    ))
+}
+
 /// `/v1/tokens/{id}`: any text is looked up (an unknown id is a 404); a path
 /// that is not UTF-8 is a 400 with a code, never axum's plain-text one.
 pub struct TokenIdPath(pub String);
@@ -236,7 +277,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TokenIdPath {
 
 /// The token routes' part of `/openapi.json`.
 #[derive(OpenApi)]
-#[openapi(paths(list_tokens, create_token, revoke_token))]
+#[openapi(paths(list_tokens, create_token, revoke_token, whoami))]
 pub struct TokensDoc;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod digest;
 mod events;
+mod history;
 mod holds;
 pub mod intake;
 mod ledger_rows;
@@ -23,6 +24,9 @@ use serde::Serialize;
 use std::path::Path;
 
 pub use events::{EVENT_SCAN_ENTRIES_MAX, EventPage, EventQuery};
+pub use history::{
+    EXPORT_PAGE_ENTRIES, EnrollmentAudit, ExportQuery, PositionedEntry, StatementRows,
+};
 pub use holds::EXPIRED_ENROLLMENTS_PER_SWEEP_MAX;
 pub use intake::{
     DUE_EXCEPTIONS_PER_LOOK_MAX, Dismissal, EXCEPTIONS_PAGE_MAX, ExceptionQuery, IntakeAction,
@@ -282,6 +286,111 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.enrollments_of(user_id).await,
             Store::Postgres(store) => store.enrollments_of(user_id).await,
+        }
+    }
+
+    /// The enrollment as it stood at `at`: the snapshot of its newest ledger
+    /// entry created at or before `at` (`None`: not enrolled yet, or never).
+    pub async fn enrollment_as_of(
+        &self,
+        key: &EnrollmentKey,
+        at: Timestamp,
+    ) -> Result<Option<Enrollment>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let key = key.clone();
+                store
+                    .read(move |connection| history::sqlite::as_of(connection, &key, at))
+                    .await
+            }
+            Store::Postgres(store) => {
+                history::postgres::as_of(&store.connection().await?, key, at).await
+            }
+        }
+    }
+
+    /// A user's enrollments as they stood at `at`, by course id, at most
+    /// `USER_ENROLLMENTS_MAX`; those not made yet are left out.
+    pub async fn enrollments_of_as_of(
+        &self,
+        user_id: &UserId,
+        at: Timestamp,
+    ) -> Result<Vec<Enrollment>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let user_id = user_id.clone();
+                store
+                    .read(move |connection| history::sqlite::user_as_of(connection, &user_id, at))
+                    .await
+            }
+            Store::Postgres(store) => {
+                history::postgres::user_as_of(&store.connection().await?, user_id, at).await
+            }
+        }
+    }
+
+    /// One enrollment over a period, read in one snapshot: the enrollment
+    /// before `from` (`None` = from the beginning), the entries with `from <=
+    /// created_at < to` (at most `limit`), and the enrollment before `to`.
+    pub async fn statement(
+        &self,
+        key: &EnrollmentKey,
+        from: Option<Timestamp>,
+        to: Timestamp,
+        limit: u32,
+    ) -> Result<StatementRows, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let key = key.clone();
+                store
+                    .read(move |connection| {
+                        history::sqlite::statement(connection, &key, from, to, limit)
+                    })
+                    .await
+            }
+            Store::Postgres(store) => {
+                let mut client = store.connection().await?;
+                history::postgres::statement(&mut client, key, from, to, limit).await
+            }
+        }
+    }
+
+    /// One page of an export: see [`ExportQuery`]. Each page is its own
+    /// read; the pages of one export agree because positions follow commit
+    /// order (an entry below a position read is always committed already).
+    pub async fn export_page(
+        &self,
+        query: ExportQuery,
+    ) -> Result<Vec<PositionedEntry>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                store
+                    .read(move |connection| history::sqlite::export_page(connection, &query))
+                    .await
+            }
+            Store::Postgres(store) => {
+                history::postgres::export_page(&store.connection().await?, &query).await
+            }
+        }
+    }
+
+    /// Replays one enrollment's ledger with the whole audit's checks, in one
+    /// snapshot; `None` when there is neither an enrollment nor an entry.
+    pub async fn audit_enrollment(
+        &self,
+        key: &EnrollmentKey,
+    ) -> Result<Option<EnrollmentAudit>, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                let key = key.clone();
+                store
+                    .read(move |connection| history::sqlite::audit(connection, &key))
+                    .await
+            }
+            Store::Postgres(store) => {
+                let mut client = store.connection().await?;
+                history::postgres::audit(&mut client, key).await
+            }
         }
     }
 

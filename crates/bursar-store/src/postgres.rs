@@ -1960,14 +1960,8 @@ impl EntryPages {
 }
 
 /// The audit over one snapshot: every key that has an enrollment or a ledger
-/// entry, a chunk of keys at a time.
+/// entry.
 async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport {
-        ok: true,
-        enrollments: 0,
-        entries: 0,
-        disagreements: Vec::new(),
-    };
     let keys: Vec<(String, String)> = transaction
         .query(
             "SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2",
@@ -1979,6 +1973,21 @@ async fn audit(transaction: &Transaction<'_>) -> Result<AuditReport, StoreError>
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(read_error)?;
+    audit_keys(transaction, &keys).await
+}
+
+/// The audit of these enrollments (user id, course id) in the
+/// transaction's snapshot, a chunk of keys at a time.
+pub(crate) async fn audit_keys(
+    transaction: &Transaction<'_>,
+    keys: &[(String, String)],
+) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport {
+        ok: true,
+        enrollments: 0,
+        entries: 0,
+        disagreements: Vec::new(),
+    };
     let enrollments_statement = transaction
         .prepare(&format!(
             "SELECT {ENROLLMENT_COLUMNS} FROM enrollments \

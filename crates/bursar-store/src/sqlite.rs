@@ -1414,45 +1414,57 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
             continue;
         };
         let key = EnrollmentKey { user_id, course_id };
-        let mut verifier = bursar_core::ChainVerifier::new(key.clone());
-        let stored = {
-            let mut statement = connection
-                .prepare_cached(SELECT_ENROLLMENT)
-                .map_err(map_error)?;
-            let row = statement
-                .query_row(
-                    params![key.user_id.as_str(), key.course_id.as_str()],
-                    read_enrollment_row,
-                )
-                .optional()
-                .map_err(map_error)?;
-            match row.map(parse_state) {
-                None => None,
-                Some(Ok(state)) => Some(state),
-                Some(Err(problem)) => {
-                    verifier.note(None, problem);
-                    None
-                }
-            }
-        };
-        // The entries go from the statement to the verifier one row at a
-        // time, so a ledger of any length is audited in the same memory.
-        let mut entries = connection
-            .prepare_cached(SELECT_ALL_ENTRIES)
-            .map_err(map_error)?;
-        let mut rows = entries
-            .query(params![key.user_id.as_str(), key.course_id.as_str()])
-            .map_err(map_error)?;
-        while let Some(row) = rows.next().map_err(map_error)? {
-            match read_entry_row(&key, row).map_err(map_error)? {
-                Ok((entry, _)) => verifier.push(&entry),
-                Err(problem) => verifier.note(None, problem),
-            }
-        }
-        let stored_holds = holds::sqlite::open(connection, &key).map_err(|error| error.to_string());
-        audit_one(verifier, stored.as_ref(), stored_holds, &mut report);
+        audit_enrollment(connection, &key, &mut report)?;
     }
     Ok(report)
+}
+
+/// The audit of one enrollment, added to `report`: its ledger streamed into
+/// the verifier one row at a time, then the stored enrollment and its open
+/// holds compared with what the ledger gives.
+pub(crate) fn audit_enrollment(
+    connection: &Connection,
+    key: &EnrollmentKey,
+    report: &mut AuditReport,
+) -> Result<(), StoreError> {
+    let mut verifier = bursar_core::ChainVerifier::new(key.clone());
+    let stored = {
+        let mut statement = connection
+            .prepare_cached(SELECT_ENROLLMENT)
+            .map_err(map_error)?;
+        let row = statement
+            .query_row(
+                params![key.user_id.as_str(), key.course_id.as_str()],
+                read_enrollment_row,
+            )
+            .optional()
+            .map_err(map_error)?;
+        match row.map(parse_state) {
+            None => None,
+            Some(Ok(state)) => Some(state),
+            Some(Err(problem)) => {
+                verifier.note(None, problem);
+                None
+            }
+        }
+    };
+    // The entries go from the statement to the verifier one row at a
+    // time, so a ledger of any length is audited in the same memory.
+    let mut entries = connection
+        .prepare_cached(SELECT_ALL_ENTRIES)
+        .map_err(map_error)?;
+    let mut rows = entries
+        .query(params![key.user_id.as_str(), key.course_id.as_str()])
+        .map_err(map_error)?;
+    while let Some(row) = rows.next().map_err(map_error)? {
+        match read_entry_row(key, row).map_err(map_error)? {
+            Ok((entry, _)) => verifier.push(&entry),
+            Err(problem) => verifier.note(None, problem),
+        }
+    }
+    let stored_holds = holds::sqlite::open(connection, key).map_err(|error| error.to_string());
+    audit_one(verifier, stored.as_ref(), stored_holds, report);
+    Ok(())
 }
 
 #[cfg(test)]

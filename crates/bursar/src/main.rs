@@ -1,5 +1,5 @@
 //! The `bursar` command line: `serve`, `load-test`, `audit`, `digest`,
-//! `token`, `backup`, `migrate`.
+//! `token`, `backup`, `migrate`, `openapi`.
 
 mod audit;
 mod load_test;
@@ -283,6 +283,10 @@ enum Commands {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Print the OpenAPI 3.0 document that `GET /openapi.json` serves, as
+    /// one line of JSON, without a server or a database (the TypeScript
+    /// client's types are generated from it).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -592,6 +596,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{shown} is migrated");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Openapi => {
+            // Written, not printed: a reader that closes the pipe early (say
+            // `| head`) is an error to report, not a panic.
+            use std::io::Write as _;
+            let document = serde_json::to_string(bursar_server::openapi::document())?;
+            writeln!(std::io::stdout().lock(), "{document}")
+                .context("failed to write the document")?;
             Ok(ExitCode::SUCCESS)
         }
     }

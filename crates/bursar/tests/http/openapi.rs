@@ -4,8 +4,10 @@
 //! answer — a request valid by the schema must not be refused as invalid,
 //! an invalid one must be refused, every status must be documented, every
 //! body must match its schema, and nothing may answer 5xx but the 503s the
-//! document states. Afterwards the audit must be clean.
+//! document states. Afterwards the audit must be clean. Also: `bursar
+//! openapi` prints exactly the document the server serves.
 
+use crate::cli::run_bursar;
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,5 +108,23 @@ async fn schemathesis_finds_nothing() {
         "schemathesis found problems:\n{stdout}\n{stderr}"
     );
     app.assert_audit_clean().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bursar_openapi_prints_the_document_the_server_serves() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let served = reqwest::Client::new()
+        .get(app.url("/openapi.json"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET /openapi.json")
+        .text()
+        .await
+        .expect("the document");
+    let printed = run_bursar(&["openapi"]).await;
+    assert_eq!(printed.code, Some(0), "{}", printed.stderr);
+    assert_eq!(printed.stdout, format!("{served}\n"));
     app.stop().await;
 }

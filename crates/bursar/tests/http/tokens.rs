@@ -1,5 +1,6 @@
 //! The token lifecycle over HTTP and on the command line: only admins list,
-//! make and revoke tokens; a revoked or expired token is refused; a list
+//! make and revoke tokens; `GET /v1/whoami` tells any token who it is; a
+//! revoked or expired token is refused; a list
 //! never shows a secret; `bursar token create|list|revoke` against a
 //! running server; and a token revoked through one of two `bursar serve`
 //! processes on one PostgreSQL database refused by the other within a
@@ -20,6 +21,7 @@ conformance!(
     an_expired_token_is_refused,
     a_list_never_shows_a_secret,
     malformed_token_requests_are_refused,
+    whoami_tells_each_token_its_role_id_and_expiry,
 );
 
 /// A request with `token` (or none); returns the status and the JSON body.
@@ -552,5 +554,58 @@ mod postgres_servers {
             );
             assert!(!text.contains("NOTICE"), "driver notices at info: {text}");
         }
+    }
+}
+
+async fn whoami_tells_each_token_its_role_id_and_expiry(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let whoami = |token: Option<String>| {
+        let app = &app;
+        async move {
+            app.as_token(reqwest::Method::GET, "/v1/whoami", token.as_deref(), None)
+                .await
+        }
+    };
+    // The configured break-glass token is not stored: it has no id.
+    let (status, admin) = whoami(Some(ADMIN_TOKEN.to_owned())).await;
+    assert_eq!(status, StatusCode::OK, "{admin}");
+    assert_eq!(
+        admin,
+        json!({"role": "admin", "token_id": null, "expires_at": null})
+    );
+    let reader = app
+        .make_token(json!({"role": "reader", "expires_in": 3_600}))
+        .await;
+    let (status, answer) = whoami(Some(secret_of(&reader))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"role": "reader", "token_id": reader["id"], "expires_at": reader["expires_at"]})
+    );
+    let writer = app.make_token(json!({"role": "writer"})).await;
+    let (status, answer) = whoami(Some(secret_of(&writer))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"role": "writer", "token_id": writer["id"], "expires_at": null})
+    );
+    // No token, an unknown one, a revoked one: 401.
+    let (status, answer) = app
+        .as_token(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{}", id_of(&writer)),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for token in [
+        None,
+        Some("bursar_unknown".to_owned()),
+        Some(secret_of(&writer)),
+    ] {
+        let (status, answer) = whoami(token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+        assert_eq!(answer["error"]["code"], "UNAUTHENTICATED");
     }
 }

@@ -12,6 +12,7 @@ mod ledger_rows;
 mod postgres;
 mod publishers;
 mod sqlite;
+mod sqlite_audit;
 pub mod testing;
 mod webhooks;
 

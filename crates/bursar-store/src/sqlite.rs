@@ -1387,12 +1387,6 @@ fn load_stored(
 }
 
 fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport {
-        ok: true,
-        enrollments: 0,
-        entries: 0,
-        disagreements: Vec::new(),
-    };
     let mut statement = connection
         .prepare("SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2")
         .map_err(map_error)?;
@@ -1401,33 +1395,33 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         .map_err(map_error)?
         .collect::<Result<_, _>>()
         .map_err(map_error)?;
-    for (user_id, course_id) in keys {
-        let (Ok(user_id), Ok(course_id)) = (UserId::parse(&user_id), CourseId::parse(&course_id))
-        else {
-            report.disagreements.push(bursar_core::Disagreement {
-                user_id,
-                course_id,
-                seq: None,
-                problem: "the stored ids are not valid ids".into(),
-            });
-            report.ok = false;
-            continue;
-        };
-        let key = EnrollmentKey { user_id, course_id };
-        audit_enrollment(connection, &key, &mut report)?;
-    }
-    Ok(report)
+    crate::sqlite_audit::audit_keys(connection, keys)
 }
 
-/// The audit of one enrollment, added to `report`: its ledger streamed into
-/// the verifier one row at a time, then the stored enrollment and its open
-/// holds compared with what the ledger gives.
-pub(crate) fn audit_enrollment(
+/// What reading one enrollment for the audit gives besides its entries: the
+/// stored enrollment (`None` when missing or unreadable) and its open holds
+/// (or why they could not be read).
+pub(crate) struct StoredForAudit {
+    pub(crate) stored: Option<EnrollmentState>,
+    pub(crate) holds: Result<Vec<Hold>, String>,
+}
+
+/// One step of an enrollment's ledger as the audit reads it: an entry, or a
+/// problem to note (a row that cannot be read).
+pub(crate) enum AuditStep {
+    Entry(Box<LedgerEntry>),
+    Note(String),
+}
+
+/// Reads one enrollment for the audit in the connection's snapshot: its
+/// ledger goes to `step` one row at a time (so a ledger of any length is
+/// read in the same memory), then the stored enrollment and its open holds
+/// are returned.
+pub(crate) fn read_for_audit(
     connection: &Connection,
     key: &EnrollmentKey,
-    report: &mut AuditReport,
-) -> Result<(), StoreError> {
-    let mut verifier = bursar_core::ChainVerifier::new(key.clone());
+    mut step: impl FnMut(AuditStep),
+) -> Result<StoredForAudit, StoreError> {
     let stored = {
         let mut statement = connection
             .prepare_cached(SELECT_ENROLLMENT)
@@ -1443,13 +1437,11 @@ pub(crate) fn audit_enrollment(
             None => None,
             Some(Ok(state)) => Some(state),
             Some(Err(problem)) => {
-                verifier.note(None, problem);
+                step(AuditStep::Note(problem));
                 None
             }
         }
     };
-    // The entries go from the statement to the verifier one row at a
-    // time, so a ledger of any length is audited in the same memory.
     let mut entries = connection
         .prepare_cached(SELECT_ALL_ENTRIES)
         .map_err(map_error)?;
@@ -1458,12 +1450,28 @@ pub(crate) fn audit_enrollment(
         .map_err(map_error)?;
     while let Some(row) = rows.next().map_err(map_error)? {
         match read_entry_row(key, row).map_err(map_error)? {
-            Ok((entry, _)) => verifier.push(&entry),
-            Err(problem) => verifier.note(None, problem),
+            Ok((entry, _)) => step(AuditStep::Entry(Box::new(entry))),
+            Err(problem) => step(AuditStep::Note(problem)),
         }
     }
-    let stored_holds = holds::sqlite::open(connection, key).map_err(|error| error.to_string());
-    audit_one(verifier, stored.as_ref(), stored_holds, report);
+    let holds = holds::sqlite::open(connection, key).map_err(|error| error.to_string());
+    Ok(StoredForAudit { stored, holds })
+}
+
+/// The audit of one enrollment, added to `report`: its ledger streamed into
+/// the verifier one row at a time, then the stored enrollment and its open
+/// holds compared with what the ledger gives.
+pub(crate) fn audit_enrollment(
+    connection: &Connection,
+    key: &EnrollmentKey,
+    report: &mut AuditReport,
+) -> Result<(), StoreError> {
+    let mut verifier = bursar_core::ChainVerifier::new(key.clone());
+    let read = read_for_audit(connection, key, |step| match step {
+        AuditStep::Entry(entry) => verifier.push(&entry),
+        AuditStep::Note(problem) => verifier.note(None, problem),
+    })?;
+    audit_one(verifier, read.stored.as_ref(), read.holds, report);
     Ok(())
 }
 

@@ -164,7 +164,8 @@ def served_case(duration, clients=100, enrollments=1, load_test=(), endpoint=Tru
         "p50_ms": latency["p50"],
         "p99_ms": latency["p99"],
         "rss_mib": (report.get("server_peak_rss_bytes") or 0) / 2**20 or None,
-        "bytes_per_entry": report["database_bytes"] / entries if entries else None,
+        # The ceiling's file holds its enrollments only.
+        "bytes_per_entry": report["database_bytes"] / entries if entries and not ceiling else None,
         "webhooks_during_run": report["webhook_events_during_run"],
         # The ceiling records nothing: its verdict fails by design.
         "verdict": True if ceiling else verdict and report["webhook_bad_signatures"] == 0,

@@ -274,6 +274,17 @@ fn with_database(url: &str, name: &str) -> String {
     replaced
 }
 
+/// Rewrites the ledger of a SQLite database (with no store open on it) in
+/// the JSON layout bursar wrote before schema 8, exactly as it wrote it, and
+/// sets the schema version to 7: opening it then runs the upgrade, as on a
+/// database written by a bursar of before.
+pub fn sqlite_to_json_layout(path: &std::path::Path) -> Result<(), crate::StoreError> {
+    let mut connection = rusqlite::Connection::open(path).map_err(crate::sqlite::map_error)?;
+    let transaction = connection.transaction().map_err(crate::sqlite::map_error)?;
+    crate::ledger_rows::downgrade_to_json_layout(&transaction)?;
+    transaction.commit().map_err(crate::sqlite::map_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
@@ -296,15 +307,4 @@ mod tests {
             "postgres://h/x?sslmode=disable"
         );
     }
-}
-
-/// Rewrites the ledger of a SQLite database (with no store open on it) in
-/// the JSON layout bursar wrote before schema 8, exactly as it wrote it, and
-/// sets the schema version to 7: opening it then runs the upgrade, as on a
-/// database written by a bursar of before.
-pub fn sqlite_to_json_layout(path: &std::path::Path) -> Result<(), crate::StoreError> {
-    let mut connection = rusqlite::Connection::open(path).map_err(crate::sqlite::map_error)?;
-    let transaction = connection.transaction().map_err(crate::sqlite::map_error)?;
-    crate::ledger_rows::downgrade_to_json_layout(&transaction)?;
-    transaction.commit().map_err(crate::sqlite::map_error)
 }

@@ -12,7 +12,8 @@ conformance!(
     a_database_from_before_events_gets_the_same_feed,
 );
 
-async fn everything(store: &Store) -> Vec<bursar_core::Event> {
+/// The whole feed (up to a thousand events).
+pub async fn everything(store: &Store) -> Vec<bursar_core::Event> {
     store
         .events(EventQuery {
             after: 0,

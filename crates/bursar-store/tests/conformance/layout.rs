@@ -7,26 +7,18 @@ use crate::helpers::{
     Backend, at, charge, enroll_request, fresh_store, key, pay, reason, reference, refund, request,
 };
 use bursar_core::{Amount, Command, EnrollmentKey, Outcome};
-use bursar_store::{EventQuery, Store};
+use bursar_store::Store;
 
+/// The feed and the ledgers of `keys`.
 async fn everything(
     store: &Store,
     keys: &[EnrollmentKey],
 ) -> (Vec<bursar_core::Event>, Vec<bursar_core::LedgerEntry>) {
-    let events = store
-        .events(EventQuery {
-            after: 0,
-            limit: 1000,
-            types: Vec::new(),
-        })
-        .await
-        .expect("read the feed")
-        .events;
     let mut entries = Vec::new();
     for key in keys {
         entries.extend(store.ledger(key, 0, 1000).await.expect("a ledger"));
     }
-    (events, entries)
+    (crate::events::everything(store).await, entries)
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 -- wrk script: every request is a new payment of 1 minor unit with a unique
 -- idempotency key, into the enrollment named by the BURSAR_PATH variable.
+-- Each thread's keys start with its own number: `thread:set` makes
+-- `thread_id` a global of that thread (a `local thread_id` here would hide
+-- it, and every thread would send the same keys).
 local counter = 0
-local thread_id = 0
 local threads = {}
 
 function setup(thread)

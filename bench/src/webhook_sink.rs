@@ -22,8 +22,16 @@
 //! `--load-test` drives the payments with `bursar load-test --url` (its
 //! own enrollments, `--clients` of them paying into `--enrollments`) instead
 //! of the driver here, and prints load-test's JSON report with the events
-//! the endpoint received while it ran: `bench/run.py` case 7 compares that
-//! with and without an endpoint registered.
+//! the endpoint received while it ran: `bench/run.py` runs every case so,
+//! events on. Arguments after `--` go to `bursar load-test` as they are
+//! (`-- --batch-size 8192`). `--database URL` serves that database instead
+//! of a temporary SQLite file (a PostgreSQL one, for instance);
+//! `--ceiling` starts the server with `--bench-http-ceiling` (payments
+//! answered without being recorded: the HTTP ceiling, whose verdict is
+//! expected to fail). The report then also holds the server's peak RSS
+//! (`server_peak_rss_bytes`, VmHWM) and, for a SQLite file, its size after
+//! a clean stop and a truncating checkpoint with the ledger's row count
+//! (`database_bytes`, `ledger_entries`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -55,6 +63,12 @@ struct Options {
     no_webhook: bool,
     /// Drive the payments with `bursar load-test` and print its report.
     load_test: bool,
+    /// The database to serve; a temporary SQLite file when `None`.
+    database: Option<String>,
+    /// Serve with `--bench-http-ceiling`.
+    ceiling: bool,
+    /// More arguments for `bursar load-test`.
+    load_test_arguments: Vec<String>,
 }
 
 fn options() -> Options {
@@ -67,6 +81,9 @@ fn options() -> Options {
         json: false,
         no_webhook: false,
         load_test: false,
+        database: None,
+        ceiling: false,
+        load_test_arguments: Vec::new(),
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(name) = arguments.next() {
@@ -86,6 +103,11 @@ fn options() -> Options {
             "--json" => options.json = true,
             "--no-webhook" => options.no_webhook = true,
             "--load-test" => options.load_test = true,
+            "--database" => options.database = Some(value()),
+            "--ceiling" => options.ceiling = true,
+            "--" => {
+                options.load_test_arguments = arguments.by_ref().collect();
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -138,11 +160,43 @@ async fn receive(
     axum::http::StatusCode::OK
 }
 
-/// A private `bursar serve` on a temporary SQLite file; killed on drop.
+/// A private `bursar serve` on a temporary SQLite file (or the given
+/// database); killed on drop.
 struct Server {
     child: std::process::Child,
     base: String,
+    /// The SQLite file served, when it is one.
+    sqlite: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The server's peak resident memory so far (`VmHWM`), in bytes.
+    fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+
+    /// Stops the server cleanly (SIGTERM) and, for a SQLite file, returns
+    /// its size after a truncating checkpoint and the ledger's row count.
+    fn stop_and_measure(mut self) -> Option<(u64, u64)> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let path = self.sqlite.clone()?;
+        let connection = rusqlite::Connection::open(&path).ok()?;
+        connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .ok()?;
+        let entries: i64 = connection
+            .query_row("SELECT count(*) FROM ledger", [], |row| row.get(0))
+            .ok()?;
+        drop(connection);
+        let bytes = std::fs::metadata(&path).ok()?.len();
+        Some((bytes, entries as u64))
+    }
 }
 
 impl Drop for Server {
@@ -152,12 +206,17 @@ impl Drop for Server {
     }
 }
 
-fn start_server(bursar: &str) -> Server {
+fn start_server(bursar: &str, database: Option<&str>, ceiling: bool) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let database = format!("sqlite://{}", dir.path().join("bursar.db").display());
+    let file = dir.path().join("bursar.db");
+    let (database, sqlite) = match database {
+        Some(url) => (url.to_owned(), None),
+        None => (format!("sqlite://{}", file.display()), Some(file)),
+    };
     let mut child = Command::new(bursar)
         .args(["serve", "--listen", "127.0.0.1:0", "--database", &database])
         .arg("--webhooks-allow-private")
+        .args(ceiling.then_some("--bench-http-ceiling"))
         .env("BURSAR_ADMIN_TOKEN", TOKEN)
         .env("BURSAR_LOG", "error")
         .stdin(Stdio::null())
@@ -179,6 +238,7 @@ fn start_server(bursar: &str) -> Server {
     Server {
         child,
         base,
+        sqlite,
         _dir: dir,
     }
 }
@@ -194,7 +254,11 @@ fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let options = options();
-    let server = start_server(&options.bursar);
+    let server = start_server(
+        &options.bursar,
+        options.database.as_deref(),
+        options.ceiling,
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(options.clients)
@@ -238,7 +302,13 @@ async fn main() {
             .expect("base64");
     }
     if options.load_test {
-        run_load_test(&options, &server.base, &sink).await;
+        let mut report = run_load_test(&options, &server.base, &sink).await;
+        report["server_peak_rss_bytes"] = json!(server.peak_rss_bytes());
+        if let Some((bytes, entries)) = server.stop_and_measure() {
+            report["database_bytes"] = json!(bytes);
+            report["ledger_entries"] = json!(entries);
+        }
+        println!("{report}");
         return;
     }
     for enrollment in 0..options.enrollments {
@@ -419,22 +489,27 @@ async fn main() {
 }
 
 /// `--load-test`: the payments of `bursar load-test --url` against the
-/// server, with the endpoint (if any) registered; prints load-test's report
-/// with `webhook_events_during_run` added.
-async fn run_load_test(options: &Options, base: &str, sink: &Sink) {
+/// server, with the endpoint (if any) registered; load-test's report with
+/// `webhook_events_during_run` added.
+async fn run_load_test(options: &Options, base: &str, sink: &Sink) -> Value {
     let before = sink.events.load(Ordering::Relaxed);
     let output = tokio::process::Command::new(&options.bursar)
         .args(["load-test", "--url", base, "--token", TOKEN, "--json"])
         .args(["--clients", &options.clients.to_string()])
         .args(["--enrollments", &options.enrollments.to_string()])
         .args(["--duration", &options.duration.as_secs().to_string()])
+        .args(&options.load_test_arguments)
         .stderr(Stdio::inherit())
         .output()
         .await
         .expect("run bursar load-test");
-    assert!(output.status.success(), "bursar load-test failed");
+    // The ceiling records nothing, so its verdict fails by design.
+    assert!(
+        output.status.success() || options.ceiling,
+        "bursar load-test failed"
+    );
     let mut report: Value = serde_json::from_slice(&output.stdout).expect("load-test JSON");
     report["webhook_events_during_run"] = json!(sink.events.load(Ordering::Relaxed) - before);
     report["webhook_bad_signatures"] = json!(sink.bad.load(Ordering::Relaxed));
-    println!("{report}");
+    report
 }

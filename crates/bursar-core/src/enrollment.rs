@@ -314,6 +314,7 @@ pub(crate) struct CanonicalEnrollment<'a> {
     updated_at: &'a Timestamp,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl<'a> CanonicalEnrollment<'a> {
     pub(crate) fn of(enrollment: &'a Enrollment) -> CanonicalEnrollment<'a> {
         let held = enrollment.amount_held != 0;

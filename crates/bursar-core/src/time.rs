@@ -37,7 +37,7 @@ impl Timestamp {
     /// every ledger entry renders several timestamps, so this is on the write
     /// path. Years outside 0..=9999 cannot be rendered in this form and are
     /// clamped (server clocks do not reach them).
-    fn rfc3339_bytes(self) -> [u8; 27] {
+    pub(crate) fn rfc3339_bytes(self) -> [u8; 27] {
         let seconds = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000);
         let days = seconds.div_euclid(86_400);

@@ -330,7 +330,14 @@ pub async fn payment(
     key: IdempotencyKeyHeader,
     JsonBody(body): JsonBody<PaymentBody>,
 ) -> Result<Response, ApiError> {
-    apply_one(&state, operation(path, key, body.into_command()?)).await
+    let request = operation(path, key, body.into_command()?);
+    if state
+        .http_ceiling
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(crate::ceiling::payment(request, crate::writer::now()));
+    }
+    apply_one(&state, request).await
 }
 
 /// Pay exactly what is due at commit time.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod bodies;
+mod ceiling;
 pub mod connections;
 pub mod digest;
 pub mod error;
@@ -74,6 +75,9 @@ pub struct Services {
     pub webhooks: Webhooks,
     /// The payment intake's secrets.
     pub intake: intake::IntakeConfig,
+    /// Benchmarks only: payments are answered without the writer or the
+    /// store (see `ceiling`); off unless `with_http_ceiling` turned it on.
+    http_ceiling: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for AppState {
@@ -128,6 +132,7 @@ impl App {
             feed,
             webhooks: Webhooks::default(),
             intake: intake::IntakeConfig::new(intake),
+            http_ceiling: std::sync::atomic::AtomicBool::new(false),
         });
         intake::retrier::start(Arc::downgrade(&services));
         Ok(App {
@@ -146,6 +151,20 @@ impl App {
     pub fn with_webhooks(mut self, options: WebhookOptions) -> App {
         self.state.webhooks.set_allow_private(options.allow_private);
         self.webhooks = Some(options);
+        self
+    }
+
+    /// Benchmarks only: the same service answering `POST …/payments` with a
+    /// made-up entry of the usual size, never writing it (see `ceiling`), to
+    /// measure what the HTTP stack alone can do.
+    pub fn with_http_ceiling(self) -> App {
+        tracing::warn!(
+            "--bench-http-ceiling: payments are answered without being recorded; \
+             for benchmarks only"
+        );
+        self.state
+            .http_ceiling
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self
     }
 

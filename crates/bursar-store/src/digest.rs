@@ -34,9 +34,9 @@ macro_rules! digest_columns {
 struct RawRow<'a> {
     position: Option<i64>,
     transitions: Option<i64>,
-    kind: Option<&'a str>,
+    kind: Option<EntryKind>,
     seq: Option<i64>,
-    hash: Option<&'a str>,
+    hash: Option<Hash>,
     user_id: Option<&'a str>,
     course_id: Option<&'a str>,
 }
@@ -60,7 +60,7 @@ fn push(fold: &mut DigestFold, raw: RawRow<'_>) {
         let position = position
             .filter(|position| *position > 0)
             .ok_or("position")?;
-        let kind = raw.kind.and_then(EntryKind::parse).ok_or("kind")?;
+        let kind = raw.kind.ok_or("kind")?;
         let transitions = raw
             .transitions
             .and_then(Transitions::from_bits)
@@ -69,7 +69,7 @@ fn push(fold: &mut DigestFold, raw: RawRow<'_>) {
             .seq
             .and_then(|seq| u64::try_from(seq).ok())
             .ok_or("seq")?;
-        let hash = raw.hash.and_then(Hash::from_hex).ok_or("hash")?;
+        let hash = raw.hash.ok_or("hash")?;
         Ok::<_, &str>(DigestRow {
             position,
             kind,
@@ -128,12 +128,18 @@ pub(crate) mod sqlite {
                         .ok()
                         .and_then(|value| value.as_i64().ok())
                 };
+                // The compact layout: the kind a small integer, the hash 32
+                // bytes (see ledger_rows.rs).
+                let hash = row.get_ref(4).ok().and_then(|value| match value {
+                    rusqlite::types::ValueRef::Blob(bytes) => Some(Hash(bytes.try_into().ok()?)),
+                    _ => None,
+                });
                 let raw = RawRow {
                     position: integer(0),
                     transitions: integer(1),
-                    kind: text(2),
+                    kind: integer(2).and_then(crate::ledger_rows::kind_of),
                     seq: integer(3),
-                    hash: text(4),
+                    hash,
                     user_id: text(5),
                     course_id: text(6),
                 };
@@ -194,9 +200,9 @@ pub(crate) mod postgres {
                 let raw = RawRow {
                     position: Some(row.try_get(0).map_err(read_error)?),
                     transitions: Some(i64::from(transitions)),
-                    kind: Some(row.try_get(2).map_err(read_error)?),
+                    kind: EntryKind::parse(row.try_get(2).map_err(read_error)?),
                     seq: Some(row.try_get(3).map_err(read_error)?),
-                    hash: Some(row.try_get(4).map_err(read_error)?),
+                    hash: Hash::from_hex(row.try_get(4).map_err(read_error)?),
                     user_id: Some(row.try_get(5).map_err(read_error)?),
                     course_id: Some(row.try_get(6).map_err(read_error)?),
                 };

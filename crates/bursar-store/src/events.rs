@@ -191,13 +191,16 @@ fn parse_columns(
 
 pub(crate) mod sqlite {
     use super::*;
+    use crate::ledger_rows::{ENTRY_COLUMNS, entry_columns};
     use crate::sqlite::{entry_from_row, map_error};
     use rusqlite::{Connection, Transaction, params};
 
-    const SELECT_FEED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
-         user_id, course_id, position, transitions \
-         FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2";
+    const SELECT_FEED: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id, position, transitions \
+         FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2"
+    );
 
     const SELECT_LAST: &str = "SELECT position, transitions, kind FROM ledger \
          WHERE position IS NOT NULL ORDER BY position DESC LIMIT 1";
@@ -222,9 +225,9 @@ pub(crate) mod sqlite {
         };
         let position: i64 = row.get(0).map_err(map_error)?;
         let transitions: i64 = row.get(1).map_err(map_error)?;
-        let kind: String = row.get(2).map_err(map_error)?;
+        let kind: i64 = row.get(2).map_err(map_error)?;
         let broken = || StoreError::Internal(format!("the newest ledger row at {position} is bad"));
-        let kind = bursar_core::EntryKind::parse(&kind).ok_or_else(broken)?;
+        let kind = crate::ledger_rows::kind_of(kind).ok_or_else(broken)?;
         let transitions = Transitions::from_bits(transitions).ok_or_else(broken)?;
         let position = u64::try_from(position).map_err(|_| broken())?;
         Ok(position + event_count(kind, transitions))
@@ -259,8 +262,8 @@ pub(crate) mod sqlite {
             let mut feed = Vec::new();
             while let Some(row) = rows.next().map_err(map_error)? {
                 let entry = entry_from_row(row)?;
-                let position: Option<i64> = row.get(17).map_err(map_error)?;
-                let transitions: i64 = row.get(18).map_err(map_error)?;
+                let position: Option<i64> = row.get(ENTRY_COLUMNS + 2).map_err(map_error)?;
+                let transitions: i64 = row.get(ENTRY_COLUMNS + 3).map_err(map_error)?;
                 feed.push(parse_columns(entry, position, transitions)?);
             }
             let exceptions = crate::intake::sqlite::from_position(connection, from, count)?

@@ -69,12 +69,18 @@ fn as_of_bound(at: Timestamp) -> i64 {
     at.unix_micros().saturating_add(1)
 }
 
-/// A stored snapshot, read back with the money invariants asserted: a broken
-/// one is corruption or a bug, never something to serve.
+/// A stored snapshot (PostgreSQL's JSON), read back with the money
+/// invariants asserted: a broken one is corruption or a bug, never something
+/// to serve.
 fn snapshot(text: &str, key: impl std::fmt::Display) -> Result<Enrollment, StoreError> {
     let enrollment: Enrollment = serde_json::from_str(text).map_err(|error| {
         StoreError::Internal(format!("ledger of {key}: bad snapshot ({error})"))
     })?;
+    checked(enrollment, key)
+}
+
+/// A snapshot with the money invariants asserted.
+fn checked(enrollment: Enrollment, key: impl std::fmt::Display) -> Result<Enrollment, StoreError> {
     enrollment.check().map_err(|broken| {
         StoreError::Internal(format!("a snapshot of {key} breaks an invariant: {broken}"))
     })?;
@@ -108,30 +114,47 @@ fn empty_report() -> AuditReport {
 }
 
 pub(crate) mod sqlite {
+    //! On SQLite's compact ledger (see `ledger_rows.rs`) a snapshot is read
+    //! as the entry it belongs to: the columns, not JSON text.
+
     use super::*;
     use crate::USER_ENROLLMENTS_MAX;
+    use crate::ledger_rows::{ENTRY_COLUMNS, entry_columns};
     use crate::sqlite::{entry_from_row, map_error};
     use bursar_core::UserId;
+    use rusqlite::types::ValueRef;
     use rusqlite::{Connection, OptionalExtension, params};
 
-    const LATEST_BEFORE: &str = "SELECT snapshot FROM ledger \
-         WHERE user_id = ?1 AND course_id = ?2 AND created_at < ?3 ORDER BY seq DESC LIMIT 1";
+    const LATEST_BEFORE: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id FROM ledger \
+         WHERE user_id = ?1 AND course_id = ?2 AND created_at < ?3 ORDER BY seq DESC LIMIT 1"
+    );
 
-    /// SQLite takes the bare `snapshot` from the row that holds `max(seq)`.
-    const USER_LATEST_BEFORE: &str = "SELECT snapshot, max(seq) FROM ledger \
-         WHERE user_id = ?1 AND created_at < ?2 GROUP BY course_id ORDER BY course_id LIMIT ?3";
+    /// SQLite takes the bare columns from the row that holds `max(seq)`.
+    const USER_LATEST_BEFORE: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id, max(seq) FROM ledger \
+         WHERE user_id = ?1 AND created_at < ?2 GROUP BY course_id ORDER BY course_id LIMIT ?3"
+    );
 
-    const ENTRIES_BETWEEN: &str = "SELECT seq, kind, amount, currency, idempotency_key, \
-         fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, \
-         expires_at, source, user_id, course_id FROM ledger \
+    const ENTRIES_BETWEEN: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id FROM ledger \
          WHERE user_id = ?1 AND course_id = ?2 AND created_at >= ?3 AND created_at < ?4 \
-         ORDER BY seq LIMIT ?5";
+         ORDER BY seq LIMIT ?5"
+    );
 
-    const EXPORT_PAGE: &str = "SELECT seq, kind, amount, currency, idempotency_key, \
-         fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, \
-         expires_at, source, user_id, course_id, position FROM ledger \
+    const EXPORT_PAGE: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id, position FROM ledger \
          WHERE position > ?1 AND created_at >= ?2 AND created_at < ?3 \
-         ORDER BY position LIMIT ?4";
+         ORDER BY position LIMIT ?4"
+    );
 
     const HEAD_HASH: &str =
         "SELECT hash FROM ledger WHERE user_id = ?1 AND course_id = ?2 ORDER BY seq DESC LIMIT 1";
@@ -144,14 +167,17 @@ pub(crate) mod sqlite {
         let mut statement = connection
             .prepare_cached(LATEST_BEFORE)
             .map_err(map_error)?;
-        let text: Option<String> = statement
-            .query_row(
-                params![key.user_id.as_str(), key.course_id.as_str(), before],
-                |row| row.get(0),
-            )
-            .optional()
+        let mut rows = statement
+            .query(params![
+                key.user_id.as_str(),
+                key.course_id.as_str(),
+                before
+            ])
             .map_err(map_error)?;
-        text.map(|text| snapshot(&text, key)).transpose()
+        match rows.next().map_err(map_error)? {
+            None => Ok(None),
+            Some(row) => checked(entry_from_row(row)?.enrollment, key).map(Some),
+        }
     }
 
     pub(crate) fn as_of(
@@ -179,8 +205,7 @@ pub(crate) mod sqlite {
             .map_err(map_error)?;
         let mut enrollments = Vec::new();
         while let Some(row) = rows.next().map_err(map_error)? {
-            let text: String = row.get(0).map_err(map_error)?;
-            enrollments.push(snapshot(&text, user_id)?);
+            enrollments.push(checked(entry_from_row(row)?.enrollment, user_id)?);
         }
         Ok(enrollments)
     }
@@ -241,7 +266,7 @@ pub(crate) mod sqlite {
         while let Some(row) = rows.next().map_err(map_error)? {
             let entry = entry_from_row(row)?;
             page.push(PositionedEntry {
-                position: position(row.get(17).map_err(map_error)?)?,
+                position: position(row.get(ENTRY_COLUMNS + 2).map_err(map_error)?)?,
                 entry,
             });
         }
@@ -256,16 +281,21 @@ pub(crate) mod sqlite {
         let read = connection.unchecked_transaction().map_err(map_error)?;
         let mut report = empty_report();
         crate::sqlite::audit_enrollment(&read, key, &mut report)?;
-        let head: Option<String> = read
+        let head: Option<Option<Hash>> = read
             .query_row(
                 HEAD_HASH,
                 params![key.user_id.as_str(), key.course_id.as_str()],
-                |row| row.get(0),
+                |row| {
+                    Ok(match row.get_ref(0)? {
+                        ValueRef::Blob(bytes) => bytes.try_into().ok().map(Hash),
+                        _ => None,
+                    })
+                },
             )
             .optional()
             .map_err(map_error)?;
         read.finish().map_err(map_error)?;
-        Ok(one_audit(report, head.as_deref().and_then(Hash::from_hex)))
+        Ok(one_audit(report, head.flatten()))
     }
 }
 

@@ -2,14 +2,17 @@
 //! batches of requests in one transaction with the batch planner of
 //! `bursar-core`, plus the reads, the audit, the digests and the API tokens.
 
+mod checkpoint;
 mod digest;
 mod events;
 mod history;
 mod holds;
 pub mod intake;
+mod ledger_rows;
 mod postgres;
 mod publishers;
 mod sqlite;
+mod sqlite_audit;
 pub mod testing;
 mod webhooks;
 

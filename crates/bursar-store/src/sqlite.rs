@@ -2,8 +2,10 @@
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
 
+use crate::checkpoint::Checkpointer;
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
+use crate::ledger_rows::{self, EntryRow, entry_columns};
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
@@ -11,8 +13,8 @@ use crate::{digest, holds};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
-    EnrollmentStatus, EntryKind, Hash, Hold, IdempotencyKey, IntakeException, LedgerEntry, Outcome,
-    PaymentStatus, Price, Reason, Reference, Request, StoredOperation, Timestamp, UserId,
+    EnrollmentStatus, Hash, Hold, IdempotencyKey, IntakeException, LedgerEntry, Outcome,
+    PaymentStatus, Price, Request, StoredOperation, Timestamp, UserId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashMap;
@@ -105,6 +107,8 @@ struct Inner {
     /// A batch failed with a storage fault and no batch has succeeded since:
     /// the next success checkpoints and truncates the WAL.
     faulted: AtomicBool,
+    /// Checkpoints the WAL outside the writer's commits.
+    checkpointer: Checkpointer,
 }
 
 /// A file's device and inode: what names one file whatever its path.
@@ -187,15 +191,33 @@ fn checkpoint_truncate(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what it can of the WAL into the
+/// database without waiting for readers.
+fn checkpoint_passive(connection: &Connection) -> Result<(), StoreError> {
+    connection
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map_err(map_error)?;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// One schema migration: SQL, or code for what SQL cannot do.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&Connection) -> Result<(), StoreError>),
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration::Sql(
+        r#"
 CREATE TABLE enrollments (
     user_id TEXT NOT NULL,
     course_id TEXT NOT NULL,
@@ -246,7 +268,9 @@ CREATE TABLE api_tokens (
     created_at INTEGER NOT NULL
 );
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Token lifecycle: a public id to list and revoke a token by, an optional
 -- expiry, and the time of revocation. Tokens made before get a random id.
 ALTER TABLE api_tokens ADD COLUMN id TEXT;
@@ -255,7 +279,9 @@ ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
 UPDATE api_tokens SET id = 'tok_' || lower(hex(randomblob(8))) WHERE id IS NULL;
 CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id);
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Holds: the enrollment's held sum, each entry's hold, and one row per hold
 -- (see holds.rs). Rows written before this migration hold nothing.
 ALTER TABLE enrollments ADD COLUMN amount_held INTEGER NOT NULL DEFAULT 0;
@@ -276,7 +302,9 @@ CREATE TABLE holds (
 CREATE INDEX holds_open_by_enrollment ON holds (user_id, course_id) WHERE state = 'OPEN';
 CREATE INDEX holds_open_by_expiry ON holds (expires_at) WHERE state = 'OPEN';
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Events (see events.rs): each entry's status transitions (1 paid in full,
 -- 2 access granted, 4 access revoked) and its place in the global order.
 -- Entries written before get both, derived from their snapshots, in the
@@ -320,7 +348,9 @@ WHERE ledger.user_id = placed.user_id AND ledger.course_id = placed.course_id
 
 CREATE UNIQUE INDEX ledger_position ON ledger (position);
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Webhooks (see webhooks.rs): the endpoints with their cursor, lease and
 -- generation; the events waiting for a retry; the log of attempts, kept to
 -- the newest per endpoint.
@@ -363,7 +393,9 @@ CREATE TABLE webhook_attempts (
     PRIMARY KEY (endpoint_id, n)
 ) WITHOUT ROWID;
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Payment intake (see intake.rs): the processor's event on each entry taken
 -- from one, the links from a processor's payment objects to their
 -- enrollment, and the exceptions, each with its place in the global event
@@ -401,7 +433,9 @@ CREATE UNIQUE INDEX intake_exceptions_position ON intake_exceptions (position);
 CREATE INDEX intake_exceptions_by_state ON intake_exceptions (state, position);
 CREATE INDEX intake_exceptions_due ON intake_exceptions (next_retry_at) WHERE state = 'OPEN';
 "#,
-    r#"
+    ),
+    Migration::Sql(
+        r#"
 -- Event publishers (see publishers.rs): how far each has delivered the feed,
 -- and which server holds its lease until when (Unix microseconds).
 CREATE TABLE event_publishers (
@@ -411,6 +445,10 @@ CREATE TABLE event_publishers (
     lease_until INTEGER NOT NULL
 );
 "#,
+    ),
+    // The compact ledger (see ledger_rows.rs): hashes as blobs, the
+    // snapshot as columns; every entry rewritten as it reads.
+    Migration::Code(ledger_rows::upgrade_from_json_layout),
 ];
 
 /// Sorts SQLite's errors: another process holding the lock is
@@ -448,7 +486,10 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 const READER_CACHE_KIB: u32 = 4 * 1024;
 
 /// Opens the writer (`create`: may create the file) or a reader.
-fn open_connection(options: &SqliteOptions, create: bool) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(
+    options: &SqliteOptions,
+    create: bool,
+) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
@@ -493,7 +534,10 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        transaction.execute_batch(migration).map_err(map_error)?;
+        match migration {
+            Migration::Sql(sql) => transaction.execute_batch(sql).map_err(map_error)?,
+            Migration::Code(step) => step(&transaction)?,
+        }
         transaction
             .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
             .map_err(map_error)?;
@@ -534,6 +578,8 @@ impl SqliteStore {
             let identity = FileIdentity::of(&options.path).map_err(|error| {
                 StoreError::Storage(format!("cannot stat {}: {error}", options.path.display()))
             })?;
+            let mut writer = writer;
+            let checkpointer = Checkpointer::start(&options, &mut writer)?;
             Ok(SqliteStore {
                 inner: Arc::new(Inner {
                     options,
@@ -542,6 +588,7 @@ impl SqliteStore {
                     identity,
                     lost: Mutex::new(None),
                     faulted: AtomicBool::new(false),
+                    checkpointer,
                 }),
             })
         })
@@ -626,6 +673,12 @@ impl SqliteStore {
                         tracing::info!("writes succeed again after a storage fault");
                         if let Err(error) = checkpoint_truncate(&writer) {
                             tracing::warn!(%error, "cannot checkpoint the WAL after recovering");
+                        }
+                    } else if inner.checkpointer.committed() {
+                        // The background fell behind: checkpoint here, as
+                        // SQLite's autocheckpoint would have.
+                        if let Err(error) = checkpoint_passive(&writer) {
+                            tracing::warn!(%error, "cannot checkpoint a large WAL");
                         }
                     }
                     Ok(outcomes)
@@ -996,39 +1049,18 @@ fn execute_batch(
             events::sqlite::next_position(&transaction)?
         };
         let mut insert = transaction
-            .prepare_cached(INSERT_ENTRY)
+            .prepare_cached(ledger_rows::INSERT_ENTRY)
             .map_err(map_error)?;
         for ((entry, fingerprint), transitions) in plan.new_entries.iter().zip(&plan.transitions) {
             let entry_position = position;
             position = events::position_after(position, entry, *transitions);
-            let snapshot =
-                serde_json::to_string(&entry.enrollment).expect("an enrollment serializes");
-            insert
-                .execute(params![
-                    entry.enrollment.user_id.as_str(),
-                    entry.enrollment.course_id.as_str(),
-                    entry.seq as i64,
-                    entry.kind.as_str(),
-                    entry.amount,
-                    entry.currency.as_str(),
-                    entry.idempotency_key.as_ref().map(IdempotencyKey::as_str),
-                    fingerprint.to_hex(),
-                    entry.reference.as_ref().map(Reference::as_str),
-                    entry.reason.as_ref().map(Reason::as_str),
-                    entry.created_at.unix_micros(),
-                    snapshot,
-                    entry.prev_hash.to_hex(),
-                    entry.hash.to_hex(),
-                    entry.hold_seq.map(|seq| seq as i64),
-                    entry.expires_at.map(Timestamp::unix_micros),
-                    entry_position as i64,
-                    i64::from(transitions.bits()),
-                    entry
-                        .source
-                        .as_ref()
-                        .map(|source| serde_json::to_string(source).expect("a source serializes")),
-                ])
-                .map_err(map_error)?;
+            ledger_rows::insert_entry(
+                &mut insert,
+                entry,
+                fingerprint,
+                Some(entry_position),
+                *transitions,
+            )?;
         }
         // The new exceptions take the positions after the batch's entries.
         settled.place(position);
@@ -1048,14 +1080,6 @@ macro_rules! enrollment_columns {
          amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
          access_policy_amount, access_status, status, version, created_at, updated_at, last_hash, \
          amount_held"
-    };
-}
-
-/// The columns of a ledger row, in the order `read_entry_row` reads them.
-macro_rules! entry_columns {
-    () => {
-        "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-         reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source"
     };
 }
 
@@ -1094,11 +1118,6 @@ const SELECT_ALL_ENTRIES: &str = concat!(
     entry_columns!(),
     " FROM ledger WHERE user_id = ?1 AND course_id = ?2 ORDER BY seq"
 );
-
-const INSERT_ENTRY: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, \
-     idempotency_key, fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, \
-     hold_seq, expires_at, position, transitions, source) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// The raw columns of an enrollment row, before validation.
 struct EnrollmentRow {
@@ -1303,19 +1322,10 @@ fn update_enrollment(
     Ok(())
 }
 
-type EntryRow = Result<(LedgerEntry, Hash), String>;
-
 /// An entry from a row of `entry_columns!()` followed by `user_id,
 /// course_id`.
 pub(crate) fn entry_from_row(row: &Row<'_>) -> Result<LedgerEntry, StoreError> {
-    let user_id: String = row.get(15).map_err(map_error)?;
-    let course_id: String = row.get(16).map_err(map_error)?;
-    let key = EnrollmentKey {
-        user_id: UserId::parse(&user_id)
-            .map_err(|_| StoreError::Internal(format!("bad stored user_id {user_id:?}")))?,
-        course_id: CourseId::parse(&course_id)
-            .map_err(|_| StoreError::Internal(format!("bad stored course_id {course_id:?}")))?,
-    };
+    let key = ledger_rows::row_key(row)?;
     let (entry, _) = read_entry_row(&key, row)
         .map_err(map_error)?
         .map_err(StoreError::Internal)?;
@@ -1323,61 +1333,7 @@ pub(crate) fn entry_from_row(row: &Row<'_>) -> Result<LedgerEntry, StoreError> {
 }
 
 fn read_entry_row(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryRow> {
-    let seq: i64 = row.get(0)?;
-    let kind: String = row.get(1)?;
-    let amount: i64 = row.get(2)?;
-    let currency: String = row.get(3)?;
-    let idempotency_key: Option<String> = row.get(4)?;
-    let fingerprint: String = row.get(5)?;
-    let reference: Option<String> = row.get(6)?;
-    let reason: Option<String> = row.get(7)?;
-    let created_at: i64 = row.get(8)?;
-    let snapshot: String = row.get(9)?;
-    let prev_hash: String = row.get(10)?;
-    let hash: String = row.get(11)?;
-    let hold_seq: Option<i64> = row.get(12)?;
-    let expires_at: Option<i64> = row.get(13)?;
-    let source: Option<String> = row.get(14)?;
-    let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
-    let parse = || -> Result<(LedgerEntry, Hash), String> {
-        let entry = LedgerEntry {
-            seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
-            kind: EntryKind::parse(&kind).ok_or_else(|| bad("kind"))?,
-            amount,
-            currency: Currency::parse(&currency).map_err(|_| bad("currency"))?,
-            idempotency_key: idempotency_key
-                .map(|text| IdempotencyKey::parse(&text))
-                .transpose()
-                .map_err(|_| bad("idempotency_key"))?,
-            reference: reference
-                .map(|text| Reference::parse(&text))
-                .transpose()
-                .map_err(|_| bad("reference"))?,
-            reason: reason
-                .map(|text| Reason::parse(&text))
-                .transpose()
-                .map_err(|_| bad("reason"))?,
-            hold_seq: hold_seq
-                .map(u64::try_from)
-                .transpose()
-                .map_err(|_| bad("hold_seq"))?,
-            expires_at: expires_at.map(Timestamp::from_unix_micros),
-            source: source
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .map_err(|_| bad("source"))?,
-            created_at: Timestamp::from_unix_micros(created_at),
-            enrollment: serde_json::from_str(&snapshot)
-                .map_err(|error| bad(&format!("snapshot ({error})")))?,
-            prev_hash: Hash::from_hex(&prev_hash).ok_or_else(|| bad("prev_hash"))?,
-            hash: Hash::from_hex(&hash).ok_or_else(|| bad("hash"))?,
-        };
-        Ok((
-            entry,
-            Hash::from_hex(&fingerprint).ok_or_else(|| bad("fingerprint"))?,
-        ))
-    };
-    Ok(parse())
+    ledger_rows::read_entry(key, row)
 }
 
 fn load_entries(
@@ -1431,12 +1387,6 @@ fn load_stored(
 }
 
 fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport {
-        ok: true,
-        enrollments: 0,
-        entries: 0,
-        disagreements: Vec::new(),
-    };
     let mut statement = connection
         .prepare("SELECT user_id, course_id FROM enrollments UNION SELECT user_id, course_id FROM ledger ORDER BY 1, 2")
         .map_err(map_error)?;
@@ -1445,33 +1395,33 @@ fn audit(connection: &Connection) -> Result<AuditReport, StoreError> {
         .map_err(map_error)?
         .collect::<Result<_, _>>()
         .map_err(map_error)?;
-    for (user_id, course_id) in keys {
-        let (Ok(user_id), Ok(course_id)) = (UserId::parse(&user_id), CourseId::parse(&course_id))
-        else {
-            report.disagreements.push(bursar_core::Disagreement {
-                user_id,
-                course_id,
-                seq: None,
-                problem: "the stored ids are not valid ids".into(),
-            });
-            report.ok = false;
-            continue;
-        };
-        let key = EnrollmentKey { user_id, course_id };
-        audit_enrollment(connection, &key, &mut report)?;
-    }
-    Ok(report)
+    crate::sqlite_audit::audit_keys(connection, keys)
 }
 
-/// The audit of one enrollment, added to `report`: its ledger streamed into
-/// the verifier one row at a time, then the stored enrollment and its open
-/// holds compared with what the ledger gives.
-pub(crate) fn audit_enrollment(
+/// What reading one enrollment for the audit gives besides its entries: the
+/// stored enrollment (`None` when missing or unreadable) and its open holds
+/// (or why they could not be read).
+pub(crate) struct StoredForAudit {
+    pub(crate) stored: Option<EnrollmentState>,
+    pub(crate) holds: Result<Vec<Hold>, String>,
+}
+
+/// One step of an enrollment's ledger as the audit reads it: an entry, or a
+/// problem to note (a row that cannot be read).
+pub(crate) enum AuditStep {
+    Entry(Box<LedgerEntry>),
+    Note(String),
+}
+
+/// Reads one enrollment for the audit in the connection's snapshot: its
+/// ledger goes to `step` one row at a time (so a ledger of any length is
+/// read in the same memory), then the stored enrollment and its open holds
+/// are returned.
+pub(crate) fn read_for_audit(
     connection: &Connection,
     key: &EnrollmentKey,
-    report: &mut AuditReport,
-) -> Result<(), StoreError> {
-    let mut verifier = bursar_core::ChainVerifier::new(key.clone());
+    mut step: impl FnMut(AuditStep),
+) -> Result<StoredForAudit, StoreError> {
     let stored = {
         let mut statement = connection
             .prepare_cached(SELECT_ENROLLMENT)
@@ -1487,13 +1437,11 @@ pub(crate) fn audit_enrollment(
             None => None,
             Some(Ok(state)) => Some(state),
             Some(Err(problem)) => {
-                verifier.note(None, problem);
+                step(AuditStep::Note(problem));
                 None
             }
         }
     };
-    // The entries go from the statement to the verifier one row at a
-    // time, so a ledger of any length is audited in the same memory.
     let mut entries = connection
         .prepare_cached(SELECT_ALL_ENTRIES)
         .map_err(map_error)?;
@@ -1502,12 +1450,28 @@ pub(crate) fn audit_enrollment(
         .map_err(map_error)?;
     while let Some(row) = rows.next().map_err(map_error)? {
         match read_entry_row(key, row).map_err(map_error)? {
-            Ok((entry, _)) => verifier.push(&entry),
-            Err(problem) => verifier.note(None, problem),
+            Ok((entry, _)) => step(AuditStep::Entry(Box::new(entry))),
+            Err(problem) => step(AuditStep::Note(problem)),
         }
     }
-    let stored_holds = holds::sqlite::open(connection, key).map_err(|error| error.to_string());
-    audit_one(verifier, stored.as_ref(), stored_holds, report);
+    let holds = holds::sqlite::open(connection, key).map_err(|error| error.to_string());
+    Ok(StoredForAudit { stored, holds })
+}
+
+/// The audit of one enrollment, added to `report`: its ledger streamed into
+/// the verifier one row at a time, then the stored enrollment and its open
+/// holds compared with what the ledger gives.
+pub(crate) fn audit_enrollment(
+    connection: &Connection,
+    key: &EnrollmentKey,
+    report: &mut AuditReport,
+) -> Result<(), StoreError> {
+    let mut verifier = bursar_core::ChainVerifier::new(key.clone());
+    let read = read_for_audit(connection, key, |step| match step {
+        AuditStep::Entry(entry) => verifier.push(&entry),
+        AuditStep::Note(problem) => verifier.note(None, problem),
+    })?;
+    audit_one(verifier, read.stored.as_ref(), read.holds, report);
     Ok(())
 }
 
@@ -1702,7 +1666,10 @@ mod tests {
                     "{} PRAGMA user_version = 1;
                      INSERT INTO api_tokens (token_hash, role, created_at)
                          VALUES (randomblob(32), 'admin', 7);",
-                    MIGRATIONS[0]
+                    match MIGRATIONS[0] {
+                        Migration::Sql(sql) => sql,
+                        Migration::Code(_) => unreachable!("the first migration is SQL"),
+                    }
                 ))
                 .expect("the first schema");
         }

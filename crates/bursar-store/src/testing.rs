@@ -1,6 +1,7 @@
 //! Support for tests that need a PostgreSQL database of their own: which
 //! server to use, whether it answers, and a fresh database per test that is
-//! dropped afterwards. Used by this crate's tests and the HTTP tests; the
+//! dropped afterwards; and a SQLite ledger rewritten in the layout of before
+//! schema 8, to test the upgrade. Used by this crate's tests and the HTTP tests; the
 //! service itself never calls it.
 //!
 //! Every function here blocks: it runs its work on a thread of its own with a
@@ -271,6 +272,17 @@ fn with_database(url: &str, name: &str) -> String {
         }
     }
     replaced
+}
+
+/// Rewrites the ledger of a SQLite database (with no store open on it) in
+/// the JSON layout bursar wrote before schema 8, exactly as it wrote it, and
+/// sets the schema version to 7: opening it then runs the upgrade, as on a
+/// database written by a bursar of before.
+pub fn sqlite_to_json_layout(path: &std::path::Path) -> Result<(), crate::StoreError> {
+    let mut connection = rusqlite::Connection::open(path).map_err(crate::sqlite::map_error)?;
+    let transaction = connection.transaction().map_err(crate::sqlite::map_error)?;
+    crate::ledger_rows::downgrade_to_json_layout(&transaction)?;
+    transaction.commit().map_err(crate::sqlite::map_error)
 }
 
 #[cfg(test)]

@@ -233,6 +233,10 @@ enum Commands {
         stripe_webhook_secrets: Vec<String>,
         #[command(flatten)]
         nats: NatsArgs,
+        /// Benchmarks only: answer payments without recording them, to
+        /// measure the HTTP stack alone (bench/run.py case 0). Hidden.
+        #[arg(long, hide = true)]
+        bench_http_ceiling: bool,
     },
     /// Pay into one or many enrollments from many concurrent clients, then
     /// report throughput and latency and check that every acknowledged
@@ -522,6 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             webhooks,
             stripe_webhook_secrets,
             nats,
+            bench_http_ceiling,
         } => {
             init_logs(log_format);
             raise_fd_limit();
@@ -540,6 +545,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_webhooks(webhooks.options());
             if let Some(options) = nats.options() {
                 app = app.with_nats(options);
+            }
+            if bench_http_ceiling {
+                app = app.with_http_ceiling();
             }
             if webhooks.webhooks_allow_private {
                 tracing::warn!(

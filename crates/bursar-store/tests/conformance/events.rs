@@ -12,7 +12,8 @@ conformance!(
     a_database_from_before_events_gets_the_same_feed,
 );
 
-async fn everything(store: &Store) -> Vec<bursar_core::Event> {
+/// The whole feed (up to a thousand events).
+pub async fn everything(store: &Store) -> Vec<bursar_core::Event> {
     store
         .events(EventQuery {
             after: 0,
@@ -85,10 +86,14 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
     let before = everything(&store).await;
     drop(store);
     // Back to the schema of before events: no positions, no transitions (and
-    // none of webhooks, publishers and the payment intake, which came after).
+    // none of webhooks, publishers and the payment intake, which came after;
+    // on SQLite the JSON ledger of before schema 8 too).
     match backend {
-        Backend::Sqlite => db.execute_sql(
-            "DROP TABLE event_publishers;
+        Backend::Sqlite => {
+            bursar_store::testing::sqlite_to_json_layout(db.sqlite_path())
+                .expect("the JSON layout");
+            db.execute_sql(
+                "DROP TABLE event_publishers;
              DROP TABLE webhook_endpoints;
              DROP TABLE webhook_pending;
              DROP TABLE webhook_attempts;
@@ -99,7 +104,8 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
              ALTER TABLE ledger DROP COLUMN position;
              ALTER TABLE ledger DROP COLUMN transitions;
              PRAGMA user_version = 3;",
-        ),
+            )
+        }
         Backend::Postgres => db.execute_sql(
             "DROP TABLE event_publishers;
              DROP TABLE webhook_endpoints;

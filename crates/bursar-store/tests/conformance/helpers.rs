@@ -104,6 +104,15 @@ impl TestDb {
         }
     }
 
+    /// The file of a SQLite database.
+    pub fn sqlite_path(&self) -> &std::path::Path {
+        std::path::Path::new(
+            self.url
+                .strip_prefix("sqlite://")
+                .expect("a SQLite URL starts with sqlite://"),
+        )
+    }
+
     /// Runs SQL statements on this database behind the store's back, as
     /// someone tampering with it would.
     pub fn execute_sql(&self, sql: &str) {

@@ -7,6 +7,7 @@ mod helpers;
 mod events;
 mod holds;
 mod intake;
+mod layout;
 mod model;
 mod publishers;
 mod store;

@@ -553,9 +553,15 @@ async fn tampering_deep_in_a_long_ledger_is_found(backend: Backend) {
     );
 
     // An unreadable row: every entry after it is out of sequence.
-    db.execute_sql(&format!(
-        "UPDATE ledger SET snapshot = 'not json' WHERE {alice} AND seq = 3000"
-    ));
+    // SQLite keeps the snapshot in columns, PostgreSQL as JSON.
+    db.execute_sql(&match backend {
+        Backend::Sqlite => {
+            format!("UPDATE ledger SET statuses = 'not a status' WHERE {alice} AND seq = 3000")
+        }
+        Backend::Postgres => {
+            format!("UPDATE ledger SET snapshot = 'not json' WHERE {alice} AND seq = 3000")
+        }
+    });
     let report = store.audit().await.expect("audit");
     assert!(!report.ok);
     assert_eq!(

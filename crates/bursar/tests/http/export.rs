@@ -136,10 +136,17 @@ async fn a_failure_midway_cuts_the_body_and_leaves_no_file(backend: Backend) {
     app.enroll("u1", "c1", 1_000_000).await;
     pay_ones_in_one_batch(&app, 1_500).await;
     // A row past the first page that cannot be read.
-    app.db.execute(
-        "UPDATE ledger SET snapshot = 'not an enrollment' \
-         WHERE user_id = 'u1' AND course_id = 'c1' AND seq = 1400",
-    );
+    app.db.execute(match backend {
+        // Statuses 127 name no enrollment status.
+        Backend::Sqlite => {
+            "UPDATE ledger SET statuses = 127 \
+             WHERE user_id = 'u1' AND course_id = 'c1' AND seq = 1400"
+        }
+        Backend::Postgres => {
+            "UPDATE ledger SET snapshot = 'not an enrollment' \
+             WHERE user_id = 'u1' AND course_id = 'c1' AND seq = 1400"
+        }
+    });
 
     let response = app
         .client
@@ -180,7 +187,10 @@ const EXPORT_PEAK_RSS_BYTES_MAX: u64 = 100 * 1024 * 1024;
 
 /// A million ledger rows of a thousand enrollments, written by SQL in one
 /// transaction without a journal (an export does not verify hashes, and
-/// the file is the test's own): row `i` has position `i`, user
+/// the file is the test's own) in SQLite's compact layout (kind 1 is
+/// `PAYMENT`; statuses 1 is PARTIAL/LOCKED/PENDING_PAYMENT, 22
+/// COMPLETED/GRANTED/ACTIVE; the enrollment's times and version are those
+/// that follow from the entry): row `i` has position `i`, user
 /// `u{(i-1)/1000}`, seq `(i-1)%1000+1` and pays 1 of 1,000.
 fn write_a_million_entries(path: &Path) {
     let connection = rusqlite::Connection::open(path).expect("open");
@@ -191,15 +201,13 @@ fn write_a_million_entries(path: &Path) {
              BEGIN;
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {MILLION})
              INSERT INTO ledger (user_id, course_id, seq, kind, amount, currency, fingerprint,
-                 reference, created_at, snapshot, prev_hash, hash, position, transitions)
-             SELECT 'u' || u, 'c1', s, 'PAYMENT', 1, 'USD', printf('%064x', i),
-                 'ref ' || i, 1767225600000000 + i,
-                 printf('{{\"user_id\":\"u%d\",\"course_id\":\"c1\",\"currency\":\"USD\",\"price\":1000,\"amount_charged\":0,\"amount_paid\":%d,\"amount_credited\":0,\"amount_refunded\":0,\"amount_due\":%d,\"amount_held\":0,\"amount_available\":%d,\"payment_status\":\"%s\",\"access_policy\":{{\"kind\":\"FULL_PAYMENT\"}},\"access_status\":\"%s\",\"status\":\"%s\",\"version\":%d,\"created_at\":\"2026-01-01T00:00:00.000000Z\",\"updated_at\":\"2026-01-01T00:00:00.000000Z\"}}',
-                     u, s, 1000 - s, 1000 - s,
-                     CASE WHEN s = 1000 THEN 'COMPLETED' ELSE 'PARTIAL' END,
-                     CASE WHEN s = 1000 THEN 'GRANTED' ELSE 'LOCKED' END,
-                     CASE WHEN s = 1000 THEN 'ACTIVE' ELSE 'PENDING_PAYMENT' END, s),
-                 printf('%064x', i - 1), printf('%064x', i), i, 0
+                 reference, created_at, price, amount_charged, amount_paid, amount_credited,
+                 amount_refunded, amount_due, amount_held, statuses, prev_hash, hash,
+                 position, transitions)
+             SELECT 'u' || u, 'c1', s, 1, 1, 'USD', unhex(printf('%064x', i)),
+                 'ref ' || i, 1767225600000000 + i, 1000, 0, s, 0, 0, 1000 - s, 0,
+                 CASE WHEN s = 1000 THEN 22 ELSE 1 END,
+                 unhex(printf('%064x', i - 1)), unhex(printf('%064x', i)), i, 0
              FROM (SELECT i, (i - 1) / 1000 AS u, (i - 1) % 1000 + 1 AS s FROM n);
              COMMIT;
              PRAGMA journal_mode = WAL;"

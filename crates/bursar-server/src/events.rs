@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::api::ErrorBody;
 use crate::api::json_response;
 use crate::error::ApiError;
-use crate::extract::{percent_decoded, query_number};
+use crate::extract::{percent_decoded, query_number, query_pairs};
 use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -113,13 +113,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
             },
             wait: Duration::ZERO,
         };
-        for pair in raw
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in query_pairs(&raw, &["after", "limit", "type", "wait"])? {
             match name {
                 "after" => {
                     params.query.after = query_number(value, 0..=i64::MAX as u64, || {
@@ -157,11 +151,8 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
                         }
                     }
                 }
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown query parameter {name:?}; expected after, limit, type and wait"
-                    )));
-                }
+                // query_pairs refused every other name.
+                _ => {}
             }
         }
         Ok(params)

@@ -149,13 +149,7 @@ impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
             limit: LEDGER_PAGE_ENTRIES_DEFAULT,
         };
         let max = bursar_store::LEDGER_PAGE_ENTRIES_MAX;
-        for pair in query
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in query_pairs(&query, &["after", "limit"])? {
             match name {
                 "after" => {
                     // Sequence numbers are 64-bit signed integers in the
@@ -172,11 +166,8 @@ impl<S: Send + Sync> FromRequestParts<S> for LedgerPage {
                         format!("limit must be an integer from 1 to {max}")
                     })?
                 }
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown query parameter {name:?}; expected after and limit"
-                    )));
-                }
+                // query_pairs refused every other name.
+                _ => {}
             }
         }
         Ok(page)
@@ -254,7 +245,8 @@ pub fn query_pairs<'a>(
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if !known.contains(&name) {
             return Err(ApiError::invalid(format!(
-                "unknown query parameter {name:?}; expected {}",
+                "unknown query parameter {:?}; expected {}",
+                name.chars().take(64).collect::<String>(),
                 known.join(", ")
             )));
         }

@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::api::{ErrorBody, json_response};
 use crate::bodies::read_body;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, query_number};
+use crate::extract::{JsonBody, query_number, query_pairs};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -384,13 +384,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ExceptionParams {
             after: 0,
             limit: EXCEPTIONS_LIMIT_DEFAULT,
         };
-        for pair in raw
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (name, value) in query_pairs(&raw, &["state", "after", "limit"])? {
             match name {
                 "state" => {
                     query.state = Some(ExceptionState::parse(value).ok_or_else(|| {
@@ -407,11 +401,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ExceptionParams {
                         format!("limit must be an integer from 1 to {max}")
                     })?
                 }
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown query parameter {name:?}; expected state, after and limit"
-                    )));
-                }
+                // query_pairs refused every other name.
+                _ => {}
             }
         }
         Ok(ExceptionParams(query))

@@ -14,7 +14,7 @@ pub mod ssrf;
 use crate::AppState;
 use crate::api::{ErrorBody, json_response};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, query_number};
+use crate::extract::{JsonBody, query_number, query_pairs};
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -396,25 +396,11 @@ impl<S: Send + Sync> FromRequestParts<S> for DeliveriesParams {
             .await
             .map_err(|_| ApiError::invalid("bad query string"))?;
         let mut limit = DELIVERIES_LIMIT_DEFAULT;
-        for pair in raw
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-        {
-            match pair.split_once('=').unwrap_or((pair, "")) {
-                ("limit", value) => {
-                    limit = query_number(value, 1..=DELIVERIES_LIMIT_MAX, || {
-                        format!("limit must be an integer from 1 to {DELIVERIES_LIMIT_MAX}")
-                    })?;
-                }
-                (name, _) => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown query parameter {:?}; expected limit",
-                        name.chars().take(64).collect::<String>()
-                    )));
-                }
-            }
+        // query_pairs refuses every name but `limit`.
+        for (_, value) in query_pairs(&raw, &["limit"])? {
+            limit = query_number(value, 1..=DELIVERIES_LIMIT_MAX, || {
+                format!("limit must be an integer from 1 to {DELIVERIES_LIMIT_MAX}")
+            })?;
         }
         Ok(DeliveriesParams { limit })
     }

@@ -602,7 +602,8 @@ impl ChainVerifier {
             };
             apply(self.state.as_ref(), &request, entry.created_at)
         });
-        let sealed_as_stored = matches!(&replay, Some(Ok(Applied::Entry(expected))) if expected == entry);
+        let sealed_as_stored =
+            matches!(&replay, Some(Ok(Applied::Entry(expected))) if expected == entry);
         if !sealed_as_stored {
             let computed = entry.compute_hash();
             if computed != entry.hash {

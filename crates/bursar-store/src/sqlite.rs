@@ -10,6 +10,7 @@
 //! evaluated when the statement runs.
 
 use crate::checkpoint::Checkpointer;
+use crate::state_cache::StateCache;
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
 use crate::ledger_rows::{self, EntryRow, entry_columns};
@@ -103,6 +104,9 @@ impl SqliteOptions {
 struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
+    /// The enrollment states the writer committed last (see `state_cache`);
+    /// locked only while the writer's lock is held.
+    states: Mutex<StateCache>,
     readers: Mutex<Vec<Connection>>,
     /// The device and inode of the database file when it was opened: the
     /// file every batch is written to.
@@ -591,6 +595,7 @@ impl SqliteStore {
                 inner: Arc::new(Inner {
                     options,
                     writer: Mutex::new(writer),
+                    states: Mutex::new(StateCache::default()),
                     readers: Mutex::new(Vec::new()),
                     identity,
                     lost: Mutex::new(None),
@@ -670,12 +675,20 @@ impl SqliteStore {
             // transaction: the connection is safe to use again.
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             inner.refuse_if_lost()?;
-            match execute_batch(&mut writer, &requests, &writes, now) {
+            let mut states = inner.states.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = execute_batch(&mut writer, &mut states, &requests, &writes, now);
+            if result.is_err() {
+                states.clear();
+            }
+            match result {
                 Ok(outcomes) => {
                     // One `stat` per batch, after the commit and before any
                     // answer: a batch committed into a removed or replaced
                     // file is not acknowledged.
-                    inner.confirm_identity()?;
+                    if let Err(error) = inner.confirm_identity() {
+                        states.clear();
+                        return Err(error);
+                    }
                     if inner.faulted.swap(false, Ordering::Relaxed) {
                         tracing::info!("writes succeed again after a storage fault");
                         if let Err(error) = checkpoint_truncate(&writer) {
@@ -1001,6 +1014,7 @@ fn token_record(
 /// plain requests' outcomes, and each intake write's (see `intake.rs`).
 fn execute_batch(
     connection: &mut Connection,
+    cache: &mut StateCache,
     plain: &[Request],
     writes: &[IntakeWrite],
     now: Timestamp,
@@ -1013,12 +1027,17 @@ fn execute_batch(
     } else {
         intake::sqlite::load(&transaction, &intake::exception_ids(writes))?
     };
+    cache.check(&transaction)?;
     let mut prepared = intake::prepare(plain, writes, &existing);
     let requests: &[Request] = &prepared.requests;
     let mut input = BatchInput::default();
     let named = named_holds(requests);
     for key in enrollment_keys(requests) {
-        if let Some(mut state) = load_state(&transaction, &key)? {
+        let state = match cache.take(&key) {
+            Some(state) => Some(state),
+            None => load_state(&transaction, &key)?,
+        };
+        if let Some(mut state) = state {
             let seqs = named
                 .iter()
                 .filter(|(named_key, _)| *named_key == key)
@@ -1075,6 +1094,7 @@ fn execute_batch(
     holds::sqlite::write(&transaction, &plan.new_entries)?;
     intake::sqlite::write(&transaction, &settled)?;
     transaction.commit().map_err(map_error)?;
+    cache.keep(plan.changed);
     Ok((settled.plain, settled.outcomes))
 }
 

@@ -1620,6 +1620,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_writer_reads_again_what_another_connection_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bursar.db");
+        let (first, second) = (open(&path).await, open(&path).await);
+        let now = Timestamp::from_unix_micros(1_700_000_000_000_000);
+        first.execute(vec![enroll("c")], now).await.expect("enroll");
+        // Each store's writer holds the state it committed last; each batch
+        // here follows one of the other store's.
+        for (index, store) in [&second, &first, &second, &first].into_iter().enumerate() {
+            let outcomes = store
+                .execute(vec![pay("c", &format!("k{index}"))], now)
+                .await
+                .expect("pay");
+            assert!(
+                matches!(&outcomes[0], Outcome::Accepted(entry) if entry.seq == index as u64 + 2),
+                "{outcomes:?}"
+            );
+        }
+        let key = enroll("c").key;
+        let enrollment = first.enrollment(&key).await.expect("read").expect("enrolled");
+        assert_eq!(enrollment.amount_paid, 4);
+        assert!(second.audit().await.expect("audit").ok);
+    }
+
+    #[tokio::test]
     async fn a_batch_into_a_removed_file_is_not_acknowledged_nor_any_after_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("bursar.db");

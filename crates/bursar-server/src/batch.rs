@@ -275,3 +275,78 @@ pub async fn batch(
         .collect();
     Ok((StatusCode::OK, axum::Json(BatchResponse { results })).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each operation of `json` as its own route would take it, or its message.
+    fn operations(json: &str) -> Vec<Result<Request, String>> {
+        let body: BatchBody<'_> = crate::json_errors::from_slice(json.as_bytes()).expect("a batch");
+        body.operations
+            .into_iter()
+            .map(|operation| parse_operation(operation).map_err(|error| error.message))
+            .collect()
+    }
+
+    #[test]
+    fn each_body_is_parsed_as_its_kind_and_refused_in_place() {
+        let parsed = operations(
+            r#"{"detail":"summary","operations":[
+                {"user_id":"u\u0031","course_id":"c1","kind":"payment","idempotency_key":"k\"1","body":{"amount":5}},
+                {"user_id":"u1","course_id":"c1","kind":"payment","idempotency_key":"k2","body":{"amount":1.5}},
+                {"user_id":"u1","course_id":"c1","kind":"complete","idempotency_key":"k3","body":null},
+                {"user_id":"u1","course_id":"c1","kind":"pay_remaining","idempotency_key":"k4"},
+                {"user_id":"u1","course_id":"c1","kind":"payment","idempotency_key":"k5","body":{"amount":1,"amount":2}},
+                {"user_id":"u1","course_id":"c1","kind":"credit","idempotency_key":"k6","body":{"amount":1,"tip":1}},
+                {"user_id":"u1","course_id":"c1","kind":"payment","body":{"amount":1}}
+            ]}"#,
+        );
+        let request = parsed[0].as_ref().expect("a payment");
+        assert_eq!(request.key.user_id.as_str(), "u1", "escapes are read");
+        assert_eq!(
+            request.idempotency_key.as_ref().map(IdempotencyKey::as_str),
+            Some("k\"1")
+        );
+        assert!(
+            matches!(request.command, Command::Payment { amount, .. } if amount.minor_units() == 5)
+        );
+        assert_eq!(
+            parsed[1].as_ref().err().map(String::as_str),
+            Some("body.amount must be an integer number of minor units, not 1.5")
+        );
+        assert!(matches!(
+            parsed[2].as_ref().map(|request| &request.command),
+            Ok(Command::Complete)
+        ));
+        assert!(matches!(
+            parsed[3].as_ref().map(|request| &request.command),
+            Ok(Command::PayRemaining { .. })
+        ));
+        assert_eq!(
+            parsed[4].as_ref().err().map(String::as_str),
+            Some("the field amount appears twice")
+        );
+        assert_eq!(
+            parsed[5].as_ref().err().map(String::as_str),
+            Some("unknown field \"tip\" in body; the fields are amount, reason")
+        );
+        assert_eq!(
+            parsed[6].as_ref().err().map(String::as_str),
+            Some("idempotency_key is required for every operation but enroll")
+        );
+    }
+
+    #[test]
+    fn a_malformed_batch_names_the_operation() {
+        let error = crate::json_errors::from_slice::<BatchBody<'_>>(
+            br#"{"operations":[{"user_id":"u1","course_id":"c1","kind":"pay","idempotency_key":"k"}]}"#,
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            error.starts_with("operations[0].kind must be one of enroll, payment"),
+            "{error}"
+        );
+    }
+}

@@ -10,10 +10,10 @@
 //! evaluated when the statement runs.
 
 use crate::checkpoint::Checkpointer;
-use crate::state_cache::StateCache;
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
 use crate::ledger_rows::{self, EntryRow, entry_columns};
+use crate::state_cache::StateCache;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
@@ -1639,7 +1639,11 @@ mod tests {
             );
         }
         let key = enroll("c").key;
-        let enrollment = first.enrollment(&key).await.expect("read").expect("enrolled");
+        let enrollment = first
+            .enrollment(&key)
+            .await
+            .expect("read")
+            .expect("enrolled");
         assert_eq!(enrollment.amount_paid, 4);
         assert!(second.audit().await.expect("audit").ok);
     }

@@ -28,9 +28,9 @@ pub const BATCH_OPERATIONS_MAX: usize = 8_192;
 /// A batch body: 8,192 operations of up to about 1 KiB of JSON each.
 pub const BATCH_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// A batch body, parsed in one pass over the bytes: ids and keys borrowed
-/// where they need no unescaping, each operation's `body` kept as its raw
-/// JSON text and parsed straight into its kind's type (no `Value` between).
+// A batch body is parsed in one pass over the bytes: ids and keys borrowed
+// where they need no unescaping, each operation's `body` kept as its raw
+// JSON text and parsed straight into its kind's type (no `Value` between).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody<'a> {
@@ -88,9 +88,9 @@ pub struct BatchOperation<'a> {
     #[serde(borrow)]
     #[schema(value_type = Option<String>)]
     pub idempotency_key: Option<Cow<'a, str>>,
-    /// Absent or `null`: `{}`.
+    // Absent or `null`: `{}`.
     #[serde(default, borrow)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub body: Option<&'a RawValue>,
 }
 

@@ -18,7 +18,7 @@ use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
 use crate::{digest, holds};
-use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
+use bursar_core::batch::{BatchInput, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
     EnrollmentStatus, Hash, Hold, IdempotencyKey, IntakeException, LedgerEntry, Outcome,
@@ -1032,25 +1032,33 @@ fn execute_batch(
     let requests: &[Request] = &prepared.requests;
     let mut input = BatchInput::default();
     let named = named_holds(requests);
-    for key in enrollment_keys(requests) {
-        let state = match cache.take(&key) {
+    // The enrollments and the keys the batch names, each once and in key
+    // order, borrowed: a batch of thousands into one enrollment clones
+    // nothing here.
+    for key in distinct(requests.iter().map(|request| &request.key)) {
+        let state = match cache.take(key) {
             Some(state) => Some(state),
-            None => load_state(&transaction, &key)?,
+            None => load_state(&transaction, key)?,
         };
         if let Some(mut state) = state {
             let seqs = named
                 .iter()
-                .filter(|(named_key, _)| *named_key == key)
+                .filter(|(named_key, _)| named_key == key)
                 .map(|(_, seq)| *seq);
             holds::sqlite::load_into(&transaction, &mut state, seqs)?;
-            input.states.insert(key, state);
+            input.states.insert(key.clone(), state);
         }
     }
-    for (key, idempotency_key) in idempotency_keys(requests) {
-        if input.states.contains_key(&key)
-            && let Some(stored) = load_stored(&transaction, &key, &idempotency_key)?
+    let keyed = requests
+        .iter()
+        .filter_map(|request| Some((&request.key, request.idempotency_key.as_ref()?)));
+    for (key, idempotency_key) in distinct(keyed) {
+        if input.states.contains_key(key)
+            && let Some(stored) = load_stored(&transaction, key, idempotency_key)?
         {
-            input.stored.insert((key, idempotency_key), stored);
+            input
+                .stored
+                .insert((key.clone(), idempotency_key.clone()), stored);
         }
     }
     let versions_before: HashMap<EnrollmentKey, u64> = input
@@ -1096,6 +1104,14 @@ fn execute_batch(
     transaction.commit().map_err(map_error)?;
     cache.keep(plan.changed);
     Ok((settled.plain, settled.outcomes))
+}
+
+/// `items` each once, in order.
+fn distinct<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.collect();
+    items.sort_unstable();
+    items.dedup();
+    items
 }
 
 /// The columns of an enrollment row, in the order `read_enrollment_row`

@@ -17,16 +17,15 @@ Usage, from the repository root, after `cargo build --release -p bursar`:
   python3 bench/callgrind_http.py [--target DIR] [--only 1024x1,1024x10000]
 """
 
-import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
+
+from callgrind import command_line, counted
 
 # (label, batch size, enrollments, batches in the short run, batches in the long run)
 # Batches of 1,024, not 8,192: under valgrind a batch of 8,192 takes longer
@@ -77,56 +76,35 @@ def instructions(bursar, batches, batch_size, enrollments):
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/out",
              bursar, "serve", "--listen", "127.0.0.1:0", "--database", f"sqlite://{directory}/cg.db"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
-        address = None
-        for line in server.stdout:
-            if line.startswith("bursar listening on http://"):
-                address = line.split("http://", 1)[1].strip()
-                break
-        if address is None:
-            raise SystemExit(f"bursar serve did not start: {server.stderr.read()[-2000:]}")
-        host, port = address.rsplit(":", 1)
-        connection = http.client.HTTPConnection(host, int(port), timeout=600)
-        for first in range(0, enrollments, batch_size):
-            post(connection, enroll_body(first, min(batch_size, enrollments - first)))
-        for body in bodies:
-            results = post(connection, body)["results"]
-            if any(result["status"] != 201 for result in results):
-                raise SystemExit("a payment was not accepted")
-        connection.close()
-        server.send_signal(signal.SIGTERM)
-        _, errors = server.communicate(timeout=600)
-        match = re.search(r"Collected : (\d+)", errors)
-        if not match:
-            raise SystemExit(errors[-2000:])
-        annotated = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no",
-                                    f"{directory}/out"], check=True, capture_output=True, text=True).stdout
-    sha = 0
-    for line in annotated.splitlines():
-        if "sha2::sha256::soft" in line:
-            sha += int(line.split()[0].replace(",", ""))
-    return int(match.group(1)), sha
+        try:
+            address = None
+            for line in server.stdout:
+                if line.startswith("bursar listening on http://"):
+                    address = line.split("http://", 1)[1].strip()
+                    break
+            if address is None:
+                raise SystemExit(f"bursar serve did not start: {server.stderr.read()[-2000:]}")
+            host, port = address.rsplit(":", 1)
+            connection = http.client.HTTPConnection(host, int(port), timeout=600)
+            for first in range(0, enrollments, batch_size):
+                post(connection, enroll_body(first, min(batch_size, enrollments - first)))
+            for body in bodies:
+                results = post(connection, body)["results"]
+                if any(result["status"] != 201 for result in results):
+                    raise SystemExit("a payment was not accepted")
+            connection.close()
+            server.send_signal(signal.SIGTERM)
+            _, errors = server.communicate(timeout=600)
+        finally:
+            # A run that failed leaves no server behind under valgrind.
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        return counted(errors, f"{directory}/out")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default=os.environ.get("CARGO_TARGET_DIR", "target"))
-    parser.add_argument("--only", help="comma-separated labels, e.g. 1024x1")
-    arguments = parser.parse_args()
-    bursar = f"{arguments.target}/release/bursar"
-    wanted = set(arguments.only.split(",")) if arguments.only else None
-    print("| batch x enrollments | server instructions per payment | of which software SHA-256 | without it |")
-    print("|---|---:|---:|---:|")
-    for label, batch_size, enrollments, short, long in CONFIGURATIONS:
-        if wanted and label not in wanted:
-            continue
-        (few, few_sha) = instructions(bursar, short, batch_size, enrollments)
-        (many, many_sha) = instructions(bursar, long, batch_size, enrollments)
-        payments = (long - short) * batch_size
-        per_payment = (many - few) / payments
-        sha = (many_sha - few_sha) / payments
-        print(f"| {label} | {per_payment:,.0f} | {sha:,.0f} | {per_payment - sha:,.0f} |", flush=True)
-        print(f"{label}: {few:,} and {many:,} instructions for {short} and {long} batches", file=sys.stderr)
-
+    command_line(__doc__, CONFIGURATIONS, "bursar", instructions, "server instructions per payment")
 
 if __name__ == "__main__":
     main()

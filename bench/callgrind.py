@@ -35,18 +35,16 @@ CONFIGURATIONS = [
 ]
 
 
-def instructions(writer, batches, batch_size, enrollments):
-    """All instructions of one run, and those in the software SHA-256."""
-    with tempfile.TemporaryDirectory() as directory:
-        output = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/out",
-             writer, f"sqlite://{directory}/cg.db", str(batches), str(batch_size), str(enrollments)],
-            check=True, capture_output=True, text=True)
-        match = re.search(r"Collected : (\d+)", output.stderr)
-        if not match:
-            raise SystemExit(output.stderr)
-        annotated = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", f"{directory}/out"],
-                                   check=True, capture_output=True, text=True).stdout
+def counted(stderr, out_file):
+    """All instructions of a callgrind run (its stderr and output file), and
+    those in the software SHA-256."""
+    match = re.search(r"Collected : (\d+)", stderr)
+    if not match:
+        raise SystemExit(stderr[-2000:])
+    # --auto=no: without the annotated sources, whose call lines
+    # (`N (Mx)  file:function`) would count the SHA-256 a second time.
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", out_file],
+                               check=True, capture_output=True, text=True).stdout
     sha = 0
     for line in annotated.splitlines():
         if "sha2::sha256::soft" in line:
@@ -54,26 +52,47 @@ def instructions(writer, batches, batch_size, enrollments):
     return int(match.group(1)), sha
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default=os.environ.get("CARGO_TARGET_DIR", "target"))
-    parser.add_argument("--only", help="comma-separated labels, e.g. 50x1,8192x1")
-    arguments = parser.parse_args()
-    writer = f"{arguments.target}/release/store-writer"
-    wanted = set(arguments.only.split(",")) if arguments.only else None
-    print("| batch x enrollments | instructions per payment | of which software SHA-256 | without it |")
+def instructions(writer, batches, batch_size, enrollments):
+    """All instructions of one run, and those in the software SHA-256."""
+    with tempfile.TemporaryDirectory() as directory:
+        output = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={directory}/out",
+             writer, f"sqlite://{directory}/cg.db", str(batches), str(batch_size), str(enrollments)],
+            check=True, capture_output=True, text=True)
+        return counted(output.stderr, f"{directory}/out")
+
+
+def table(configurations, only, measure, what):
+    """One Markdown row per configuration (or those in `only`): `what` per
+    payment, the difference between a short and a long run of `measure`."""
+    wanted = set(only.split(",")) if only else None
+    print(f"| batch x enrollments | {what} | of which software SHA-256 | without it |")
     print("|---|---:|---:|---:|")
-    for label, batch_size, enrollments, short, long in CONFIGURATIONS:
+    for label, batch_size, enrollments, short, long in configurations:
         if wanted and label not in wanted:
             continue
-        (few, few_sha) = instructions(writer, short, batch_size, enrollments)
-        (many, many_sha) = instructions(writer, long, batch_size, enrollments)
+        (few, few_sha) = measure(short, batch_size, enrollments)
+        (many, many_sha) = measure(long, batch_size, enrollments)
         payments = (long - short) * batch_size
         per_payment = (many - few) / payments
         sha = (many_sha - few_sha) / payments
         print(f"| {label} | {per_payment:,.0f} | {sha:,.0f} | {per_payment - sha:,.0f} |", flush=True)
         print(f"{label}: {few:,} and {many:,} instructions for {short} and {long} batches", file=sys.stderr)
 
+
+def command_line(doc, configurations, binary, instructions, what):
+    """The command line both scripts share: --target, --only, the table."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default=os.environ.get("CARGO_TARGET_DIR", "target"))
+    parser.add_argument("--only", help="comma-separated labels, e.g. " + ",".join(c[0] for c in configurations[:2]))
+    arguments = parser.parse_args()
+    path = f"{arguments.target}/release/{binary}"
+    table(configurations, arguments.only,
+          lambda batches, batch_size, enrollments: instructions(path, batches, batch_size, enrollments), what)
+
+
+def main():
+    command_line(__doc__, CONFIGURATIONS, "store-writer", instructions, "instructions per payment")
 
 if __name__ == "__main__":
     main()

@@ -211,7 +211,7 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
                     .map(|key| key.to_string())
                     .unwrap_or_default(),
             )),
-            None => match decide(state, request, intake, now) {
+            None => match decide(state, request, fingerprint, intake, now) {
                 Err(rejection) => Outcome::Rejected(rejection),
                 Ok((Applied::Unchanged(enrollment), _)) => Outcome::Unchanged(enrollment),
                 Ok((Applied::Entry(entry), fingerprint)) => {
@@ -268,10 +268,12 @@ pub fn plan_batch(input: BatchInput, requests: &[Request], now: Timestamp) -> Ba
 
 /// Applies a request that no stored key answers, doing what its intake says
 /// when it names a hold that is gone; returns what was applied and the
-/// fingerprint to store under its key.
+/// fingerprint to store under its key (`fingerprint`, the request's own,
+/// unless it was replaced).
 fn decide(
     state: Option<&EnrollmentState>,
     request: &Request,
+    fingerprint: Hash,
     intake: Option<&IntakeRequest>,
     now: Timestamp,
 ) -> Result<(Applied, Hash), Rejection> {
@@ -289,10 +291,9 @@ fn decide(
             };
             apply(state, &instead, now).map(|applied| (applied, command.fingerprint()))
         }
-        (Some(HoldGone::Nothing), Some(state)) if gone => Ok((
-            Applied::Unchanged(state.enrollment.clone()),
-            request.command.fingerprint(),
-        )),
-        _ => decided.map(|applied| (applied, request.command.fingerprint())),
+        (Some(HoldGone::Nothing), Some(state)) if gone => {
+            Ok((Applied::Unchanged(state.enrollment.clone()), fingerprint))
+        }
+        _ => decided.map(|applied| (applied, fingerprint)),
     }
 }

@@ -2,11 +2,12 @@
 //! with a code (never axum's plain-text rejections): enrollment paths,
 //! idempotency keys, JSON bodies, ledger paging.
 
-use crate::bodies::read_body;
+use crate::bodies::{ReadBody, read_body};
 use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
 use bursar_core::{CourseId, EnrollmentKey, IdempotencyKey, Timestamp, UserId};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// Bodies of single operations are tiny; 64 KiB leaves room for long reasons
@@ -88,18 +89,35 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
 {
     type Rejection = ApiError;
 
-    /// The body is read under the body budget (see `bodies`), whose
-    /// reservation is held until the body is parsed.
-    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
-        let body = read_body(request, LIMIT).await?;
-        let bytes: &[u8] = if body.bytes.iter().all(u8::is_ascii_whitespace) {
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let body = JsonBytes::<LIMIT>::from_request(request, state).await?;
+        body.parse().map(JsonBody)
+    }
+}
+
+/// A JSON body of at most `LIMIT` bytes, read whole but not parsed yet: for
+/// a handler whose body type borrows from the bytes (`/v1/batch`). The body
+/// is read under the body budget (see `bodies`), whose reservation is held
+/// until this is dropped. An empty body reads as `{}`.
+pub struct JsonBytes<const LIMIT: usize>(ReadBody);
+
+impl<const LIMIT: usize> JsonBytes<LIMIT> {
+    /// Parses the body as a `T` that may borrow from it; malformed is a 400.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.0.bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
-            &body.bytes
+            &self.0.bytes
         };
-        crate::json_errors::from_slice(bytes)
-            .map(JsonBody)
-            .map_err(ApiError::invalid)
+        crate::json_errors::from_slice(bytes).map_err(ApiError::invalid)
+    }
+}
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for JsonBytes<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        read_body(request, LIMIT).await.map(JsonBytes)
     }
 }
 

@@ -3,11 +3,13 @@
 //! field and say what it must be (`amount must be an integer number of minor
 //! units, not 10.5`).
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-/// Parses `bytes` as a `T`, or says in plain words what is wrong and where.
-pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+/// Parses `bytes` as a `T` (which may borrow from them), or says in plain
+/// words what is wrong and where.
+pub fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|error| describe(&error.path().to_string(), error.inner()))?;
@@ -15,13 +17,12 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     Ok(value)
 }
 
-/// Converts a JSON value (an operation's body within a batch) into a `T`,
-/// or says in plain words what is wrong; `prefix` names the value's place.
-pub fn from_value<T: DeserializeOwned>(
-    value: serde_json::Value,
-    prefix: &str,
-) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
+/// Parses `raw`, a JSON value already checked whole (an operation's body
+/// within a batch), as a `T`, or says in plain words what is wrong; `prefix`
+/// names the value's place.
+pub fn from_raw<T: DeserializeOwned>(raw: &str, prefix: &str) -> Result<T, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let place = if path == "." {
             prefix.to_owned()

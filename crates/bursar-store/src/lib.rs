@@ -13,6 +13,7 @@ mod postgres;
 mod publishers;
 mod sqlite;
 mod sqlite_audit;
+mod state_cache;
 pub mod testing;
 mod webhooks;
 

@@ -1,16 +1,24 @@
 //! The embedded SQLite backend: one file in WAL mode, `synchronous=FULL` by
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
+//!
+//! Every `LIMIT` of a cached statement is written `LIMIT +?N`: SQLite (3.54)
+//! reads a plain `LIMIT ?N` as a constant when it plans the statement and
+//! marks the statement to be planned again whenever that parameter is bound,
+//! so each page of the feed, the ledger or the exceptions would parse and
+//! plan its statement anew. The unary `+` makes the limit an expression,
+//! evaluated when the statement runs.
 
 use crate::checkpoint::Checkpointer;
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
 use crate::ledger_rows::{self, EntryRow, entry_columns};
+use crate::state_cache::StateCache;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,
 };
 use crate::{digest, holds};
-use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
+use bursar_core::batch::{BatchInput, named_holds, plan_batch};
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
     EnrollmentStatus, Hash, Hold, IdempotencyKey, IntakeException, LedgerEntry, Outcome,
@@ -97,6 +105,9 @@ impl SqliteOptions {
 struct Inner {
     options: SqliteOptions,
     writer: Mutex<Connection>,
+    /// The enrollment states the writer committed last (see `state_cache`);
+    /// locked only while the writer's lock is held.
+    states: Mutex<StateCache>,
     readers: Mutex<Vec<Connection>>,
     /// The device and inode of the database file when it was opened: the
     /// file every batch is written to.
@@ -594,6 +605,7 @@ impl SqliteStore {
                 inner: Arc::new(Inner {
                     options,
                     writer: Mutex::new(writer),
+                    states: Mutex::new(StateCache::default()),
                     readers: Mutex::new(Vec::new()),
                     identity,
                     lost: Mutex::new(None),
@@ -673,12 +685,20 @@ impl SqliteStore {
             // transaction: the connection is safe to use again.
             let mut writer = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
             inner.refuse_if_lost()?;
-            match execute_batch(&mut writer, &requests, &writes, now) {
+            let mut states = inner.states.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = execute_batch(&mut writer, &mut states, &requests, &writes, now);
+            if result.is_err() {
+                states.clear();
+            }
+            match result {
                 Ok(outcomes) => {
                     // One `stat` per batch, after the commit and before any
                     // answer: a batch committed into a removed or replaced
                     // file is not acknowledged.
-                    inner.confirm_identity()?;
+                    if let Err(error) = inner.confirm_identity() {
+                        states.clear();
+                        return Err(error);
+                    }
                     if inner.faulted.swap(false, Ordering::Relaxed) {
                         tracing::info!("writes succeed again after a storage fault");
                         if let Err(error) = checkpoint_truncate(&writer) {
@@ -1004,6 +1024,7 @@ fn token_record(
 /// plain requests' outcomes, and each intake write's (see `intake.rs`).
 fn execute_batch(
     connection: &mut Connection,
+    cache: &mut StateCache,
     plain: &[Request],
     writes: &[IntakeWrite],
     now: Timestamp,
@@ -1016,25 +1037,38 @@ fn execute_batch(
     } else {
         intake::sqlite::load(&transaction, &intake::exception_ids(writes))?
     };
+    cache.check(&transaction)?;
     let mut prepared = intake::prepare(plain, writes, &existing);
     let requests: &[Request] = &prepared.requests;
     let mut input = BatchInput::default();
     let named = named_holds(requests);
-    for key in enrollment_keys(requests) {
-        if let Some(mut state) = load_state(&transaction, &key)? {
+    // The enrollments and the keys the batch names, each once and in key
+    // order, borrowed: a batch of thousands into one enrollment clones
+    // nothing here.
+    for key in distinct(requests.iter().map(|request| &request.key)) {
+        let state = match cache.take(key) {
+            Some(state) => Some(state),
+            None => load_state(&transaction, key)?,
+        };
+        if let Some(mut state) = state {
             let seqs = named
                 .iter()
-                .filter(|(named_key, _)| *named_key == key)
+                .filter(|(named_key, _)| named_key == key)
                 .map(|(_, seq)| *seq);
             holds::sqlite::load_into(&transaction, &mut state, seqs)?;
-            input.states.insert(key, state);
+            input.states.insert(key.clone(), state);
         }
     }
-    for (key, idempotency_key) in idempotency_keys(requests) {
-        if input.states.contains_key(&key)
-            && let Some(stored) = load_stored(&transaction, &key, &idempotency_key)?
+    let keyed = requests
+        .iter()
+        .filter_map(|request| Some((&request.key, request.idempotency_key.as_ref()?)));
+    for (key, idempotency_key) in distinct(keyed) {
+        if input.states.contains_key(key)
+            && let Some(stored) = load_stored(&transaction, key, idempotency_key)?
         {
-            input.stored.insert((key, idempotency_key), stored);
+            input
+                .stored
+                .insert((key.clone(), idempotency_key.clone()), stored);
         }
     }
     let versions_before: HashMap<EnrollmentKey, u64> = input
@@ -1078,7 +1112,16 @@ fn execute_batch(
     holds::sqlite::write(&transaction, &plan.new_entries)?;
     intake::sqlite::write(&transaction, &settled)?;
     transaction.commit().map_err(map_error)?;
+    cache.keep(plan.changed);
     Ok((settled.plain, settled.outcomes))
+}
+
+/// `items` each once, in order.
+fn distinct<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.collect();
+    items.sort_unstable();
+    items.dedup();
+    items
 }
 
 /// The columns of an enrollment row, in the order `read_enrollment_row`
@@ -1102,7 +1145,7 @@ const SELECT_ENROLLMENT: &str = concat!(
 const SELECT_USER_ENROLLMENTS: &str = concat!(
     "SELECT ",
     enrollment_columns!(),
-    " FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT ?2"
+    " FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT +?2"
 );
 
 const INSERT_ENROLLMENT: &str = concat!(
@@ -1114,7 +1157,7 @@ const INSERT_ENROLLMENT: &str = concat!(
 const SELECT_ENTRIES_AFTER: &str = concat!(
     "SELECT ",
     entry_columns!(),
-    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT +?4"
 );
 
 const SELECT_STORED: &str = concat!(
@@ -1568,6 +1611,67 @@ mod tests {
         })
         .await
         .expect("open")
+    }
+
+    /// How often a cached statement was planned again after `runs` runs,
+    /// each with its limit bound to a different value.
+    fn replans(connection: &Connection, sql: &str, runs: i64) -> i32 {
+        let mut statement = connection.prepare_cached(sql).expect("prepare");
+        for limit in 1..=runs {
+            let mut rows = statement.query(params![0, limit]).expect("query");
+            while rows.next().expect("row").is_some() {}
+        }
+        statement.get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    #[tokio::test]
+    async fn a_bound_limit_does_not_plan_the_statement_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(&dir.path().join("bursar.db")).await;
+        let sql = "SELECT seq FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2";
+        let replanned = store
+            .read(move |connection| {
+                Ok((
+                    replans(connection, sql, 5),
+                    replans(connection, &sql.replace("LIMIT ?2", "LIMIT +?2"), 5),
+                ))
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            replanned,
+            (5, 0),
+            "a plain `LIMIT ?` is planned again at every run; `LIMIT +?` is not"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_reads_again_what_another_connection_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bursar.db");
+        let (first, second) = (open(&path).await, open(&path).await);
+        let now = Timestamp::from_unix_micros(1_700_000_000_000_000);
+        first.execute(vec![enroll("c")], now).await.expect("enroll");
+        // Each store's writer holds the state it committed last; each batch
+        // here follows one of the other store's.
+        for (index, store) in [&second, &first, &second, &first].into_iter().enumerate() {
+            let outcomes = store
+                .execute(vec![pay("c", &format!("k{index}"))], now)
+                .await
+                .expect("pay");
+            assert!(
+                matches!(&outcomes[0], Outcome::Accepted(entry) if entry.seq == index as u64 + 2),
+                "{outcomes:?}"
+            );
+        }
+        let key = enroll("c").key;
+        let enrollment = first
+            .enrollment(&key)
+            .await
+            .expect("read")
+            .expect("enrolled");
+        assert_eq!(enrollment.amount_paid, 4);
+        assert!(second.audit().await.expect("audit").ok);
     }
 
     #[tokio::test]

@@ -199,7 +199,7 @@ pub(crate) mod sqlite {
         "SELECT ",
         entry_columns!(),
         ", user_id, course_id, position, transitions \
-         FROM ledger WHERE position >= ?1 ORDER BY position LIMIT +?2"
+         FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2"
     );
 
     const SELECT_LAST: &str = "SELECT position, transitions, kind FROM ledger \

@@ -137,7 +137,7 @@ pub(crate) mod sqlite {
         "SELECT ",
         entry_columns!(),
         ", user_id, course_id, max(seq) FROM ledger \
-         WHERE user_id = ?1 AND created_at < ?2 GROUP BY course_id ORDER BY course_id LIMIT +?3"
+         WHERE user_id = ?1 AND created_at < ?2 GROUP BY course_id ORDER BY course_id LIMIT ?3"
     );
 
     const ENTRIES_BETWEEN: &str = concat!(
@@ -145,7 +145,7 @@ pub(crate) mod sqlite {
         entry_columns!(),
         ", user_id, course_id FROM ledger \
          WHERE user_id = ?1 AND course_id = ?2 AND created_at >= ?3 AND created_at < ?4 \
-         ORDER BY seq LIMIT +?5"
+         ORDER BY seq LIMIT ?5"
     );
 
     const EXPORT_PAGE: &str = concat!(
@@ -153,7 +153,7 @@ pub(crate) mod sqlite {
         entry_columns!(),
         ", user_id, course_id, position FROM ledger \
          WHERE position > ?1 AND created_at >= ?2 AND created_at < ?3 \
-         ORDER BY position LIMIT +?4"
+         ORDER BY position LIMIT ?4"
     );
 
     const HEAD_HASH: &str =

@@ -230,7 +230,7 @@ pub(crate) mod sqlite {
         let mut statement = connection
             .prepare_cached(
                 "SELECT user_id, course_id FROM holds WHERE state = 'OPEN' AND expires_at <= ?1 \
-                 ORDER BY expires_at LIMIT +?2",
+                 ORDER BY expires_at LIMIT ?2",
             )
             .map_err(map_error)?;
         let rows = statement

@@ -650,7 +650,7 @@ pub(crate) mod sqlite {
             concat!(
                 "SELECT ",
                 exception_columns!(),
-                " FROM intake_exceptions WHERE position >= ?1 ORDER BY position LIMIT +?2"
+                " FROM intake_exceptions WHERE position >= ?1 ORDER BY position LIMIT ?2"
             ),
             params![from, count],
         )
@@ -669,7 +669,7 @@ pub(crate) mod sqlite {
                     "SELECT ",
                     exception_columns!(),
                     " FROM intake_exceptions WHERE state = ?1 AND position > ?2 \
-                     ORDER BY position LIMIT +?3"
+                     ORDER BY position LIMIT ?3"
                 ),
                 params![state.as_str(), after, limit],
             ),
@@ -678,7 +678,7 @@ pub(crate) mod sqlite {
                 concat!(
                     "SELECT ",
                     exception_columns!(),
-                    " FROM intake_exceptions WHERE position > ?1 ORDER BY position LIMIT +?2"
+                    " FROM intake_exceptions WHERE position > ?1 ORDER BY position LIMIT ?2"
                 ),
                 params![after, limit],
             ),
@@ -695,7 +695,7 @@ pub(crate) mod sqlite {
                 "SELECT ",
                 exception_columns!(),
                 " FROM intake_exceptions WHERE state = 'OPEN' AND next_retry_at <= ?1 \
-                 ORDER BY next_retry_at LIMIT +?2"
+                 ORDER BY next_retry_at LIMIT ?2"
             ),
             params![now.unix_micros(), i64::from(DUE_EXCEPTIONS_PER_LOOK_MAX)],
         )

@@ -1,13 +1,6 @@
 //! The embedded SQLite backend: one file in WAL mode, `synchronous=FULL` by
 //! default, one writer connection (batches are serialized by the writer and
 //! by `BEGIN IMMEDIATE`) and a small pool of reader connections.
-//!
-//! Every `LIMIT` of a cached statement is written `LIMIT +?N`: SQLite (3.54)
-//! reads a plain `LIMIT ?N` as a constant when it plans the statement and
-//! marks the statement to be planned again whenever that parameter is bound,
-//! so each page of the feed, the ledger or the exceptions would parse and
-//! plan its statement anew. The unary `+` makes the limit an expression,
-//! evaluated when the statement runs.
 
 use crate::checkpoint::Checkpointer;
 use crate::events::{self, EventPage, EventQuery};
@@ -1145,7 +1138,7 @@ const SELECT_ENROLLMENT: &str = concat!(
 const SELECT_USER_ENROLLMENTS: &str = concat!(
     "SELECT ",
     enrollment_columns!(),
-    " FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT +?2"
+    " FROM enrollments WHERE user_id = ?1 ORDER BY course_id LIMIT ?2"
 );
 
 const INSERT_ENROLLMENT: &str = concat!(
@@ -1157,7 +1150,7 @@ const INSERT_ENROLLMENT: &str = concat!(
 const SELECT_ENTRIES_AFTER: &str = concat!(
     "SELECT ",
     entry_columns!(),
-    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT +?4"
+    " FROM ledger WHERE user_id = ?1 AND course_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
 );
 
 const SELECT_STORED: &str = concat!(
@@ -1611,38 +1604,6 @@ mod tests {
         })
         .await
         .expect("open")
-    }
-
-    /// How often a cached statement was planned again after `runs` runs,
-    /// each with its limit bound to a different value.
-    fn replans(connection: &Connection, sql: &str, runs: i64) -> i32 {
-        let mut statement = connection.prepare_cached(sql).expect("prepare");
-        for limit in 1..=runs {
-            let mut rows = statement.query(params![0, limit]).expect("query");
-            while rows.next().expect("row").is_some() {}
-        }
-        statement.get_status(rusqlite::StatementStatus::RePrepare)
-    }
-
-    #[tokio::test]
-    async fn a_bound_limit_does_not_plan_the_statement_again() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = open(&dir.path().join("bursar.db")).await;
-        let sql = "SELECT seq FROM ledger WHERE position >= ?1 ORDER BY position LIMIT ?2";
-        let replanned = store
-            .read(move |connection| {
-                Ok((
-                    replans(connection, sql, 5),
-                    replans(connection, &sql.replace("LIMIT ?2", "LIMIT +?2"), 5),
-                ))
-            })
-            .await
-            .expect("read");
-        assert_eq!(
-            replanned,
-            (5, 0),
-            "a plain `LIMIT ?` is planned again at every run; `LIMIT +?` is not"
-        );
     }
 
     #[tokio::test]

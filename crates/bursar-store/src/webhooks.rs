@@ -547,7 +547,7 @@ pub(crate) mod sqlite {
                 let mut statement = transaction
                     .prepare_cached(
                         "SELECT event_id, position, attempt, status, latency_ms, error, at \
-                         FROM webhook_attempts WHERE endpoint_id = ?1 ORDER BY n DESC LIMIT +?2",
+                         FROM webhook_attempts WHERE endpoint_id = ?1 ORDER BY n DESC LIMIT ?2",
                     )
                     .map_err(map_error)?;
                 let rows = statement

@@ -2,7 +2,9 @@
 //! chunk of enrollments per query and their ledger rows a page at a time.
 
 use super::failure::read_error;
-use super::rows::{ENROLLMENT_COLUMNS, ENTRY_COLUMNS, parse_entry, parse_state};
+use super::ledger::parse_entry;
+use super::rows::{ENROLLMENT_COLUMNS, parse_state};
+use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
 use crate::{AuditReport, StoreError, audit_one, holds};
 use bursar_core::{ChainVerifier, CourseId, Disagreement, EnrollmentKey, EnrollmentState, UserId};
 use std::collections::{HashMap, VecDeque};
@@ -51,8 +53,8 @@ impl EntryPages {
         let Some(row) = self.next_any(transaction).await? else {
             return Ok(None);
         };
-        let user_id: &str = row.try_get(15).map_err(read_error)?;
-        let course_id: &str = row.try_get(16).map_err(read_error)?;
+        let user_id: &str = row.try_get(ENTRY_COLUMNS).map_err(read_error)?;
+        let course_id: &str = row.try_get(ENTRY_COLUMNS + 1).map_err(read_error)?;
         if (user_id, course_id) == (ids.0.as_str(), ids.1.as_str()) {
             Ok(Some(row))
         } else {
@@ -99,8 +101,10 @@ pub(crate) async fn audit_keys(
         .await
         .map_err(read_error)?;
     let entries_statement = transaction
-        .prepare(&format!(
-            "SELECT {ENTRY_COLUMNS}, user_id, course_id FROM ledger \
+        .prepare(concat!(
+            "SELECT ",
+            entry_columns!(),
+            ", user_id, course_id FROM ledger \
              WHERE (user_id, course_id) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
              ORDER BY user_id, course_id, seq"
         ))
@@ -162,7 +166,7 @@ pub(crate) async fn audit_keys(
                 }
             };
             while let Some(row) = pages.next_of(transaction, &ids).await? {
-                match parse_entry(&key, &row, 0) {
+                match parse_entry(&key, &row) {
                     Ok((entry, _)) => verifier.push(&entry),
                     Err(problem) => verifier.note(None, problem),
                 }

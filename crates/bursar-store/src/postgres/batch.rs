@@ -3,14 +3,17 @@
 //! and writes enrollments, ledger rows, holds and intake records in bulk.
 
 use super::failure::Failure;
-use super::rows::{checked_state, parse_entry, policy_columns, row_key};
+use super::ledger::parse_entry;
+use super::ledger::{self, NewRow};
+use super::rows::{checked_state, policy_columns, row_key};
 use crate::events;
 use crate::intake::{self, IntakeOutcome, IntakeWrite};
+use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
 use crate::{StoreError, holds};
 use bursar_core::batch::{BatchInput, enrollment_keys, idempotency_keys, named_holds, plan_batch};
 use bursar_core::{
-    EnrollmentKey, EnrollmentState, Hash, IdempotencyKey, LedgerEntry, Outcome, Reason, Reference,
-    Request, StoredOperation, Timestamp, Transitions, event_count,
+    EnrollmentKey, EnrollmentState, Hash, IdempotencyKey, LedgerEntry, Outcome, Request,
+    StoredOperation, Timestamp, Transitions, event_count,
 };
 use deadpool_postgres::Object;
 use std::collections::HashMap;
@@ -26,10 +29,11 @@ const LOCK_ENROLLMENTS: &str = "SELECT user_id, course_id, currency, price, amou
 /// The stored operations of a batch's (enrollment, idempotency key) pairs,
 /// by the one-column unique index: a plan on the primary key with a filter
 /// would walk an enrollment's whole ledger for every key.
-const LOAD_STORED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-     reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
-     user_id, course_id FROM ledger \
-     WHERE idempotency_lookup = ANY($1::TEXT[])";
+const LOAD_STORED: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    ", user_id, course_id FROM ledger WHERE idempotency_lookup = ANY($1::TEXT[])"
+);
 
 const INSERT_ENROLLMENTS: &str = "INSERT INTO enrollments (user_id, course_id, currency, price, \
      amount_charged, amount_paid, amount_credited, amount_refunded, amount_due, payment_status, \
@@ -53,14 +57,6 @@ const UPDATE_ENROLLMENTS: &str = "UPDATE enrollments AS e SET amount_charged = u
      amount_due, payment_status, access_status, status, version, updated_at, last_hash, \
      version_before, amount_held) \
      WHERE e.user_id = u.user_id AND e.course_id = u.course_id AND e.version = u.version_before";
-
-const INSERT_ENTRIES: &str = "INSERT INTO ledger (user_id, course_id, seq, kind, amount, \
-     currency, idempotency_key, fingerprint, reference, reason, created_at, snapshot, \
-     prev_hash, hash, hold_seq, expires_at, position, transitions, source) \
-     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], \
-     $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], \
-     $13::TEXT[], $14::TEXT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::SMALLINT[], \
-     $19::TEXT[])";
 
 /// One attempt at a batch: one transaction, a handful of statements. The
 /// plain requests' outcomes, and each intake write's (see `intake.rs`).
@@ -107,8 +103,8 @@ pub(super) async fn execute_batch(
         // has grown, until autovacuum happens to analyze it (seen on a fresh
         // database: 24 million rows read in six seconds).
         for row in transaction.query(LOAD_STORED, &[&lookups]).await? {
-            let key = row_key(&row, 15).map_err(StoreError::Internal)?;
-            let (entry, fingerprint) = parse_entry(&key, &row, 0).map_err(StoreError::Internal)?;
+            let key = row_key(&row, ENTRY_COLUMNS).map_err(StoreError::Internal)?;
+            let (entry, fingerprint) = parse_entry(&key, &row).map_err(StoreError::Internal)?;
             let idempotency_key = entry.idempotency_key.clone().ok_or_else(|| {
                 StoreError::Internal(format!("ledger entry {key} seq {} lost its key", entry.seq))
             })?;
@@ -285,82 +281,17 @@ async fn insert_entries(
     first: u64,
 ) -> Result<(), Failure> {
     let mut position = first;
-    let mut positions = Vec::with_capacity(entries.len());
-    let mut bits = Vec::with_capacity(entries.len());
-    for ((entry, _), transitions) in entries.iter().zip(transitions) {
-        positions.push(position as i64);
-        bits.push(i16::from(transitions.bits()));
+    let mut rows = Vec::with_capacity(entries.len());
+    for ((entry, fingerprint), transitions) in entries.iter().zip(transitions) {
+        rows.push(NewRow {
+            entry,
+            fingerprint,
+            position,
+            transitions: *transitions,
+        });
         position = events::position_after(position, entry, *transitions);
     }
-    let mut user_ids = Vec::with_capacity(entries.len());
-    let mut course_ids = Vec::with_capacity(entries.len());
-    let mut seqs = Vec::with_capacity(entries.len());
-    let mut kinds = Vec::with_capacity(entries.len());
-    let mut amounts = Vec::with_capacity(entries.len());
-    let mut currencies = Vec::with_capacity(entries.len());
-    let mut idempotency = Vec::with_capacity(entries.len());
-    let mut fingerprints = Vec::with_capacity(entries.len());
-    let mut references = Vec::with_capacity(entries.len());
-    let mut reasons = Vec::with_capacity(entries.len());
-    let mut created = Vec::with_capacity(entries.len());
-    let mut snapshots = Vec::with_capacity(entries.len());
-    let mut previous = Vec::with_capacity(entries.len());
-    let mut hashes = Vec::with_capacity(entries.len());
-    let mut hold_seqs = Vec::with_capacity(entries.len());
-    let mut expiries = Vec::with_capacity(entries.len());
-    let mut sources = Vec::with_capacity(entries.len());
-    for (entry, fingerprint) in entries {
-        sources.push(
-            entry
-                .source
-                .as_ref()
-                .map(|source| serde_json::to_string(source).expect("a source serializes")),
-        );
-        hold_seqs.push(entry.hold_seq.map(|seq| seq as i64));
-        expiries.push(entry.expires_at.map(Timestamp::unix_micros));
-        user_ids.push(entry.enrollment.user_id.as_str());
-        course_ids.push(entry.enrollment.course_id.as_str());
-        seqs.push(entry.seq as i64);
-        kinds.push(entry.kind.as_str());
-        amounts.push(entry.amount);
-        currencies.push(entry.currency.as_str());
-        idempotency.push(entry.idempotency_key.as_ref().map(IdempotencyKey::as_str));
-        fingerprints.push(fingerprint.to_hex());
-        references.push(entry.reference.as_ref().map(Reference::as_str));
-        reasons.push(entry.reason.as_ref().map(Reason::as_str));
-        created.push(entry.created_at.unix_micros());
-        snapshots.push(serde_json::to_string(&entry.enrollment).expect("an enrollment serializes"));
-        previous.push(entry.prev_hash.to_hex());
-        hashes.push(entry.hash.to_hex());
-    }
-    let statement = transaction.prepare_cached(INSERT_ENTRIES).await?;
-    transaction
-        .execute(
-            &statement,
-            &[
-                &user_ids,
-                &course_ids,
-                &seqs,
-                &kinds,
-                &amounts,
-                &currencies,
-                &idempotency,
-                &fingerprints,
-                &references,
-                &reasons,
-                &created,
-                &snapshots,
-                &previous,
-                &hashes,
-                &hold_seqs,
-                &expiries,
-                &positions,
-                &bits,
-                &sources,
-            ],
-        )
-        .await?;
-    Ok(())
+    ledger::insert(transaction, "ledger", &rows).await
 }
 
 #[cfg(test)]

@@ -70,19 +70,24 @@
 mod audit;
 mod batch;
 mod failure;
+mod ledger;
 mod options;
 mod rows;
 mod schema;
+mod upgrade;
 
 pub use options::{PostgresOptions, TlsMode};
 
 pub(crate) use audit::audit_keys;
 pub(crate) use failure::{Failure, read_error};
+pub(crate) use ledger::parse_entry;
 pub(crate) use options::redact_password;
-pub(crate) use rows::{parse_entry, row_key};
+pub(crate) use rows::row_key;
+pub(crate) use upgrade::to_json_layout;
 
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
+use crate::ledger_codes::entry_columns;
 use crate::{AuditReport, digest, holds};
 use crate::{LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX};
 use bursar_core::{
@@ -91,7 +96,7 @@ use bursar_core::{
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use failure::{backoff, classify, pool_error};
-use rows::{ENROLLMENT_COLUMNS, ENTRY_COLUMNS, checked_state};
+use rows::{ENROLLMENT_COLUMNS, checked_state};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -349,8 +354,11 @@ impl PostgresStore {
         let limit = limit.min(LEDGER_PAGE_ENTRIES_MAX);
         let client = self.connection().await?;
         let statement = client
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE user_id = $1 AND course_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+            .prepare_cached(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM ledger WHERE user_id = $1 AND course_id = $2 AND seq > $3 \
+                 ORDER BY seq LIMIT $4"
             ))
             .await
             .map_err(read_error)?;
@@ -369,7 +377,7 @@ impl PostgresStore {
             .map_err(read_error)?;
         rows.iter()
             .map(|row| {
-                parse_entry(key, row, 0)
+                parse_entry(key, row)
                     .map(|(entry, _)| entry)
                     .map_err(StoreError::Internal)
             })

@@ -1,12 +1,10 @@
-//! PostgreSQL's rows read back: an enrollment row into its state (with the
-//! money invariants asserted), a ledger row into its entry and request
-//! fingerprint, and the enrollment key of a row.
+//! PostgreSQL's enrollment rows read back into their state (with the money
+//! invariants asserted), and the enrollment key of any row.
 
 use crate::StoreError;
 use bursar_core::{
     AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentState,
-    EnrollmentStatus, EntryKind, Hash, IdempotencyKey, LedgerEntry, PaymentStatus, Price, Reason,
-    Reference, Timestamp, UserId,
+    EnrollmentStatus, Hash, PaymentStatus, Price, Timestamp, UserId,
 };
 use tokio_postgres::Row;
 
@@ -14,9 +12,6 @@ pub(super) const ENROLLMENT_COLUMNS: &str = "user_id, course_id, currency, price
      amount_credited, amount_refunded, amount_due, payment_status, access_policy_kind, \
      access_policy_amount, access_status, status, version, created_at, updated_at, last_hash, \
      amount_held";
-
-pub(super) const ENTRY_COLUMNS: &str = "seq, kind, amount, currency, idempotency_key, fingerprint, reference, \
-     reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source";
 
 pub(super) fn policy_columns(policy: &AccessPolicy) -> (&'static str, Option<i64>) {
     match policy {
@@ -95,65 +90,4 @@ pub(crate) fn row_key(row: &Row, first: usize) -> Result<EnrollmentKey, String> 
         course_id: CourseId::parse(&course_id)
             .map_err(|_| format!("bad stored course_id {course_id:?}"))?,
     })
-}
-
-/// A ledger row (`ENTRY_COLUMNS` from column `first` on) and the fingerprint
-/// of the request that produced it.
-pub(crate) fn parse_entry(
-    key: &EnrollmentKey,
-    row: &Row,
-    first: usize,
-) -> Result<(LedgerEntry, Hash), String> {
-    let seq: i64 = row.try_get(first).map_err(|error| error.to_string())?;
-    let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
-    let text = |index: usize, what: &str| -> Result<String, String> {
-        row.try_get::<_, String>(first + index)
-            .map_err(|_| bad(what))
-    };
-    let optional = |index: usize, what: &str| -> Result<Option<String>, String> {
-        row.try_get::<_, Option<String>>(first + index)
-            .map_err(|_| bad(what))
-    };
-    let number = |index: usize, what: &str| -> Result<i64, String> {
-        row.try_get::<_, i64>(first + index).map_err(|_| bad(what))
-    };
-    let entry = LedgerEntry {
-        seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
-        kind: EntryKind::parse(&text(1, "kind")?).ok_or_else(|| bad("kind"))?,
-        amount: number(2, "amount")?,
-        currency: Currency::parse(&text(3, "currency")?).map_err(|_| bad("currency"))?,
-        idempotency_key: optional(4, "idempotency_key")?
-            .map(|text| IdempotencyKey::parse(&text))
-            .transpose()
-            .map_err(|_| bad("idempotency_key"))?,
-        reference: optional(6, "reference")?
-            .map(|text| Reference::parse(&text))
-            .transpose()
-            .map_err(|_| bad("reference"))?,
-        reason: optional(7, "reason")?
-            .map(|text| Reason::parse(&text))
-            .transpose()
-            .map_err(|_| bad("reason"))?,
-        created_at: Timestamp::from_unix_micros(number(8, "created_at")?),
-        enrollment: serde_json::from_str(&text(9, "snapshot")?)
-            .map_err(|error| bad(&format!("snapshot ({error})")))?,
-        prev_hash: Hash::from_hex(&text(10, "prev_hash")?).ok_or_else(|| bad("prev_hash"))?,
-        hash: Hash::from_hex(&text(11, "hash")?).ok_or_else(|| bad("hash"))?,
-        hold_seq: row
-            .try_get::<_, Option<i64>>(first + 12)
-            .map_err(|_| bad("hold_seq"))?
-            .map(u64::try_from)
-            .transpose()
-            .map_err(|_| bad("hold_seq"))?,
-        expires_at: row
-            .try_get::<_, Option<i64>>(first + 13)
-            .map_err(|_| bad("expires_at"))?
-            .map(Timestamp::from_unix_micros),
-        source: optional(14, "source")?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|_| bad("source"))?,
-    };
-    let fingerprint = Hash::from_hex(&text(5, "fingerprint")?).ok_or_else(|| bad("fingerprint"))?;
-    Ok((entry, fingerprint))
 }

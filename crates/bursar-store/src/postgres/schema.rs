@@ -2,6 +2,7 @@
 //! applies those not yet applied while others may be starting at once.
 
 use super::failure::{Failure, classify};
+use super::{ledger, upgrade};
 use crate::StoreError;
 use deadpool_postgres::Object;
 use tokio_postgres::error::SqlState;
@@ -249,7 +250,13 @@ CREATE TABLE event_publishers (
     lease_until BIGINT NOT NULL
 );
 "#,
+    // The compact ledger (see ledger.rs): the new table; `upgrade::to_compact`
+    // then moves the rows into it and gives it the old one's name.
+    ledger::CREATE_LEDGER,
 ];
+
+/// The version whose migration is the compact ledger.
+const COMPACT_LEDGER_VERSION: i64 = 8;
 
 pub(super) async fn migrate_once(client: &mut Object) -> Result<(), Failure> {
     client
@@ -288,6 +295,9 @@ pub(super) async fn migrate_once(client: &mut Object) -> Result<(), Failure> {
             .batch_execute(migration)
             .await
             .map_err(migration_failure)?;
+        if version == COMPACT_LEDGER_VERSION {
+            upgrade::to_compact(&transaction).await?;
+        }
         transaction
             .execute(
                 "INSERT INTO bursar_schema_migrations (version) VALUES ($1)",

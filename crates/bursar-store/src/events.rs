@@ -296,19 +296,21 @@ pub(crate) mod postgres {
     /// just before the ledger rows, so it is held only for the tail of the
     /// transaction, and never while waiting on another lock (a batch
     /// creating the same enrollment waits at that insert, before this).
+    /// `statement` is `RESERVE_POSITIONS` prepared: the caller prepares it
+    /// beforehand, so the reservation can be sent right behind the batch's
+    /// other writes without a round trip of its own.
     pub(crate) async fn reserve_positions(
         transaction: &deadpool_postgres::Transaction<'_>,
+        statement: &tokio_postgres::Statement,
         count: u64,
     ) -> Result<u64, tokio_postgres::Error> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let statement = transaction
-            .prepare_cached(
-                "UPDATE bursar_event_positions SET next = next + $1 RETURNING next - $1",
-            )
-            .await?;
-        let first: i64 = transaction.query_one(&statement, &[&count]).await?.get(0);
+        let first: i64 = transaction.query_one(statement, &[&count]).await?.get(0);
         Ok(first as u64)
     }
+
+    pub(crate) const RESERVE_POSITIONS: &str =
+        "UPDATE bursar_event_positions SET next = next + $1 RETURNING next - $1";
 
     /// Where the next event will be placed, as committed now: the counter
     /// read without its lock.

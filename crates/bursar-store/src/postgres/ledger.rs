@@ -11,6 +11,7 @@ use bursar_core::{
 };
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 /// The compact ledger, made under the name `ledger_compact` and renamed by
@@ -205,6 +206,100 @@ pub(crate) async fn insert(
             ],
         )
         .await?;
+    Ok(())
+}
+
+const COPY_ENTRIES: &str = "COPY ledger (user_id, course_id, seq, kind, amount, \
+     currency, idempotency_key, fingerprint, reference, reason, created_at, price, \
+     amount_charged, amount_paid, amount_credited, amount_refunded, amount_due, amount_held, \
+     amount_available, statuses, access_policy_amount, enrolled_at, version, updated_at, \
+     prev_hash, hash, hold_seq, expires_at, source, position, transitions) \
+     FROM STDIN (FORMAT binary)";
+
+const COPY_TYPES: [Type; 31] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT2,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT2,
+];
+
+/// Writes `rows` into the ledger by binary `COPY`.
+pub(crate) async fn copy(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    rows: &[NewRow<'_>],
+) -> Result<(), Failure> {
+    let statement = transaction.prepare_cached(COPY_ENTRIES).await?;
+    let sink = transaction.copy_in(&statement).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for row in rows {
+        let entry = row.entry;
+        let columns = SnapshotColumns::of(entry);
+        writer
+            .as_mut()
+            .write(&[
+                &entry.enrollment.user_id.as_str(),
+                &entry.enrollment.course_id.as_str(),
+                &(entry.seq as i64),
+                &kind_code(entry.kind),
+                &entry.amount,
+                &entry.currency.as_str(),
+                &entry.idempotency_key.as_ref().map(IdempotencyKey::as_str),
+                &&row.fingerprint.0[..],
+                &entry.reference.as_ref().map(Reference::as_str),
+                &entry.reason.as_ref().map(Reason::as_str),
+                &entry.created_at.unix_micros(),
+                &columns.price,
+                &columns.amount_charged,
+                &columns.amount_paid,
+                &columns.amount_credited,
+                &columns.amount_refunded,
+                &columns.amount_due,
+                &columns.amount_held,
+                &columns.amount_available,
+                &(columns.statuses as i16),
+                &columns.access_policy_amount,
+                &columns.enrolled_at,
+                &columns.version,
+                &columns.updated_at,
+                &&entry.prev_hash.0[..],
+                &&entry.hash.0[..],
+                &entry.hold_seq.map(|seq| seq as i64),
+                &entry.expires_at.map(Timestamp::unix_micros),
+                &source_text(entry.source.as_ref()),
+                &(row.position as i64),
+                &i16::from(row.transitions.bits()),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use bursar_core::{
     AccessPolicy, AccessStatus, Currency, Enrollment, EnrollmentKey, EnrollmentStatus, EntryKind,
     Hash, IdempotencyKey, LedgerEntry, PaymentStatus, Price, Reason, Reference, Source, Timestamp,
+    Transitions,
 };
 
 /// The columns of a compact ledger row as both backends read them, by
@@ -218,6 +219,28 @@ impl SnapshotColumns {
             updated_at: Timestamp::from_unix_micros(self.updated_at.unwrap_or(created_at)),
         })
     }
+}
+
+/// Whether an entry of the JSON layout, of the row keyed `key`, can be kept
+/// as it is in a compact row; its transitions as read back. The compact row
+/// keeps one currency and takes the snapshot's ids from its key: an entry
+/// whose snapshot disagrees (changed by hand) cannot, and is for the audit
+/// to name. `Err` says why, for the upgrade's message.
+pub(crate) fn fits_compact_row(
+    key: &EnrollmentKey,
+    entry: &LedgerEntry,
+    transitions: i64,
+) -> Result<Transitions, String> {
+    let transitions = Transitions::from_bits(transitions)
+        .ok_or_else(|| format!("bad transitions at seq {}", entry.seq))?;
+    if entry.enrollment.key() != *key || entry.enrollment.currency != entry.currency {
+        return Err(format!(
+            "the snapshot of seq {} names another enrollment or currency \
+             (bursar audit names it)",
+            entry.seq
+        ));
+    }
+    Ok(transitions)
 }
 
 /// A row whose first columns are `entry_columns!()`, as a backend's driver

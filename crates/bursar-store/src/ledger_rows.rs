@@ -211,18 +211,8 @@ pub(crate) fn upgrade_from_json_layout(connection: &Connection) -> Result<(), St
                 .map_err(unreadable)?;
             let position: Option<i64> = row.get(17).map_err(map_error)?;
             let transitions: i64 = row.get(18).map_err(map_error)?;
-            let transitions = Transitions::from_bits(transitions)
-                .ok_or_else(|| unreadable(format!("bad transitions at seq {}", entry.seq)))?;
-            // The compact row keeps one currency and takes the snapshot's ids
-            // from its key: an entry whose snapshot disagrees (changed by
-            // hand) cannot be kept as it is, and is for the audit to name.
-            if entry.enrollment.key() != key || entry.enrollment.currency != entry.currency {
-                return Err(unreadable(format!(
-                    "the snapshot of seq {} names another enrollment or currency \
-                     (bursar audit names it)",
-                    entry.seq
-                )));
-            }
+            let transitions =
+                ledger_codes::fits_compact_row(&key, &entry, transitions).map_err(unreadable)?;
             // A row without a position keeps none (the digest's check
             // reports such rows).
             let position = position.map(|position| position as u64);

@@ -349,19 +349,14 @@ async fn insert_entries(
         });
         position = events::position_after(position, entry, *transitions);
     }
-    static COPY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *COPY.get_or_init(|| std::env::var_os("BURSAR_PG_LEDGER_COPY").is_some()) {
-        ledger::copy(transaction, &rows).await
-    } else {
-        ledger::insert(transaction, "ledger", &rows).await
-    }
+    ledger::write(transaction, "ledger", &rows).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::postgres::testing::open;
-    use bursar_core::{AccessPolicy, CourseId, Currency, Price, UserId};
+    use bursar_core::{AccessPolicy, CourseId, Currency, IdempotencyKey, Price, UserId};
 
     fn enroll(user: &str, course: &str, price: i64) -> Request {
         Request {

@@ -21,12 +21,15 @@
 //!    batches never wait on each other in a cycle.
 //! 2. The stored operations under the batch's idempotency keys are read after
 //!    the locks are held, so a key committed by another process is seen and
-//!    its answer replayed.
+//!    its answer replayed. Both statements go in one round trip: the server
+//!    runs a connection's statements in the order they were sent.
 //! 3. The shared planner of `bursar-core` decides every request.
-//! 4. New enrollments are inserted, changed ones updated under a
-//!    `version = old` guard, and the ledger entries inserted, each in one
-//!    statement over arrays (`UNNEST`), so a batch of thousands costs a
-//!    handful of round trips.
+//! 4. New enrollments are inserted and changed ones updated under a
+//!    `version = old` guard, each in one statement over arrays (`UNNEST`),
+//!    sent together with the reservation of the batch's event positions.
+//!    The ledger entries follow in one statement: `UNNEST` for a few, binary
+//!    `COPY` for a thousand or more. A batch of thousands costs five round
+//!    trips: `BEGIN`, the reads, the enrollments, the entries, `COMMIT`.
 //! 5. `COMMIT`; only then is any request answered.
 //!
 //! Two processes can still race where there is no row to lock yet: both
@@ -62,9 +65,12 @@
 //!   race into a retry even where locking is weaker;
 //! - plain tables, a stored generated column with a unique index (the
 //!   idempotency lookup), `INSERT … ON CONFLICT DO NOTHING`, `UPDATE … FROM`,
-//!   multi-argument `UNNEST`, `= ANY(array)` and row-value `IN`;
-//! - no advisory locks, no `LOCK TABLE`, no `LISTEN`/`NOTIFY`, no sequences,
-//!   triggers or stored procedures. Migrations serialize on a row lock in
+//!   multi-argument `UNNEST`, `= ANY(array)` and row-value `IN`, binary
+//!   `COPY … FROM STDIN` (which CockroachDB documents; for batches of a
+//!   thousand entries or more), `bytea` and `smallint` columns;
+//! - no advisory locks, no `LOCK TABLE` (but in the one-time upgrade to the
+//!   compact ledger), no `LISTEN`/`NOTIFY`, no sequences, triggers or stored
+//!   procedures. Migrations serialize on a row lock in
 //!   `bursar_schema_migrations` rather than on an advisory lock.
 
 mod audit;

@@ -10,7 +10,7 @@ use super::failure::{Failure, read_error};
 use super::ledger::{self, CREATE_INDEXES, NewRow, parse_entry};
 use super::rows::row_key;
 use crate::StoreError;
-use crate::ledger_codes::{ENTRY_COLUMNS, EntryRow, entry_columns};
+use crate::ledger_codes::{self, ENTRY_COLUMNS, EntryRow, entry_columns};
 use bursar_core::{
     Currency, EnrollmentKey, EntryKind, Hash, IdempotencyKey, LedgerEntry, Reason, Reference,
     Timestamp, Transitions,
@@ -28,6 +28,13 @@ const UPGRADE_ROWS_PER_PAGE: i32 = 8192;
 /// snapshot names another enrollment or currency than its row, stops the
 /// upgrade: the migration's transaction rolls back and nothing changes.
 pub(super) async fn to_compact(transaction: &Transaction<'_>) -> Result<(), Failure> {
+    // A server of the earlier version still running on this database must
+    // not commit a row after the rows are read and before the old table is
+    // dropped: its writes wait here until the upgrade commits (and then
+    // fail, since the table is gone: stop such servers first).
+    transaction
+        .batch_execute("LOCK TABLE ledger IN EXCLUSIVE MODE")
+        .await?;
     let statement = transaction
         .prepare(&format!(
             "SELECT {}, user_id, course_id, position, transitions FROM ledger \
@@ -55,7 +62,7 @@ pub(super) async fn to_compact(transaction: &Transaction<'_>) -> Result<(), Fail
             })
             .collect();
         if !rows.is_empty() {
-            ledger::insert(transaction, "ledger_compact", &rows).await?;
+            ledger::write(transaction, "ledger_compact", &rows).await?;
         }
         moved += rows.len() as u64;
         if page.len() < UPGRADE_ROWS_PER_PAGE as usize {
@@ -95,18 +102,8 @@ fn old_row(row: &Row) -> Result<(LedgerEntry, Hash, u64, Transitions), Failure> 
     let (entry, fingerprint) = json_layout::read(&key, row).map_err(unreadable)?;
     let position: i64 = row.try_get(json_layout::COLUMN_COUNT + 2)?;
     let transitions: i16 = row.try_get(json_layout::COLUMN_COUNT + 3)?;
-    let transitions = Transitions::from_bits(i64::from(transitions))
-        .ok_or_else(|| unreadable(format!("bad transitions at seq {}", entry.seq)))?;
-    // The compact row keeps one currency and takes the snapshot's ids from
-    // its key: an entry whose snapshot disagrees (changed by hand) cannot be
-    // kept as it is, and is for the audit to name.
-    if entry.enrollment.key() != key || entry.enrollment.currency != entry.currency {
-        return Err(unreadable(format!(
-            "the snapshot of seq {} names another enrollment or currency \
-             (bursar audit names it)",
-            entry.seq
-        )));
-    }
+    let transitions =
+        ledger_codes::fits_compact_row(&key, &entry, i64::from(transitions)).map_err(unreadable)?;
     let position = u64::try_from(position)
         .map_err(|_| unreadable(format!("bad position at seq {}", entry.seq)))?;
     Ok((entry, fingerprint, position, transitions))

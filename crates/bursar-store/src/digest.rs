@@ -129,7 +129,7 @@ pub(crate) mod sqlite {
                         .and_then(|value| value.as_i64().ok())
                 };
                 // The compact layout: the kind a small integer, the hash 32
-                // bytes (see ledger_rows.rs).
+                // bytes (see ledger_codes.rs).
                 let hash = row.get_ref(4).ok().and_then(|value| match value {
                     rusqlite::types::ValueRef::Blob(bytes) => Some(Hash(bytes.try_into().ok()?)),
                     _ => None,
@@ -137,7 +137,7 @@ pub(crate) mod sqlite {
                 let raw = RawRow {
                     position: integer(0),
                     transitions: integer(1),
-                    kind: integer(2).and_then(crate::ledger_rows::kind_of),
+                    kind: integer(2).and_then(crate::ledger_codes::kind_of),
                     seq: integer(3),
                     hash,
                     user_id: text(5),
@@ -197,12 +197,14 @@ pub(crate) mod postgres {
             for row in &page {
                 // The schema's types and NOT NULLs hold every value here.
                 let transitions: i16 = row.try_get(1).map_err(read_error)?;
+                let kind: i16 = row.try_get(2).map_err(read_error)?;
+                let hash: &[u8] = row.try_get(4).map_err(read_error)?;
                 let raw = RawRow {
                     position: Some(row.try_get(0).map_err(read_error)?),
                     transitions: Some(i64::from(transitions)),
-                    kind: EntryKind::parse(row.try_get(2).map_err(read_error)?),
+                    kind: crate::ledger_codes::kind_of(i64::from(kind)),
                     seq: Some(row.try_get(3).map_err(read_error)?),
-                    hash: Hash::from_hex(row.try_get(4).map_err(read_error)?),
+                    hash: hash.try_into().ok().map(Hash),
                     user_id: Some(row.try_get(5).map_err(read_error)?),
                     course_id: Some(row.try_get(6).map_err(read_error)?),
                 };

@@ -191,7 +191,7 @@ fn parse_columns(
 
 pub(crate) mod sqlite {
     use super::*;
-    use crate::ledger_rows::{ENTRY_COLUMNS, entry_columns};
+    use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
     use crate::sqlite::{entry_from_row, map_error};
     use rusqlite::{Connection, Transaction, params};
 
@@ -227,7 +227,7 @@ pub(crate) mod sqlite {
         let transitions: i64 = row.get(1).map_err(map_error)?;
         let kind: i64 = row.get(2).map_err(map_error)?;
         let broken = || StoreError::Internal(format!("the newest ledger row at {position} is bad"));
-        let kind = crate::ledger_rows::kind_of(kind).ok_or_else(broken)?;
+        let kind = crate::ledger_codes::kind_of(kind).ok_or_else(broken)?;
         let transitions = Transitions::from_bits(transitions).ok_or_else(broken)?;
         let position = u64::try_from(position).map_err(|_| broken())?;
         Ok(position + event_count(kind, transitions))
@@ -278,12 +278,15 @@ pub(crate) mod sqlite {
 
 pub(crate) mod postgres {
     use super::*;
+    use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
     use crate::postgres::{read_error, row_key};
 
-    const SELECT_FEED: &str = "SELECT seq, kind, amount, currency, idempotency_key, fingerprint, \
-         reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, expires_at, source, \
-         user_id, course_id, position, transitions \
-         FROM ledger WHERE position >= $1 ORDER BY position LIMIT $2";
+    const SELECT_FEED: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id, position, transitions \
+         FROM ledger WHERE position >= $1 ORDER BY position LIMIT $2"
+    );
 
     /// Takes `count` positions for a batch and returns the first. The
     /// counter's one row stays locked until the batch commits, so a batch
@@ -293,19 +296,21 @@ pub(crate) mod postgres {
     /// just before the ledger rows, so it is held only for the tail of the
     /// transaction, and never while waiting on another lock (a batch
     /// creating the same enrollment waits at that insert, before this).
+    /// `statement` is `RESERVE_POSITIONS` prepared: the caller prepares it
+    /// beforehand, so the reservation can be sent right behind the batch's
+    /// other writes without a round trip of its own.
     pub(crate) async fn reserve_positions(
         transaction: &deadpool_postgres::Transaction<'_>,
+        statement: &tokio_postgres::Statement,
         count: u64,
     ) -> Result<u64, tokio_postgres::Error> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let statement = transaction
-            .prepare_cached(
-                "UPDATE bursar_event_positions SET next = next + $1 RETURNING next - $1",
-            )
-            .await?;
-        let first: i64 = transaction.query_one(&statement, &[&count]).await?.get(0);
+        let first: i64 = transaction.query_one(statement, &[&count]).await?.get(0);
         Ok(first as u64)
     }
+
+    pub(crate) const RESERVE_POSITIONS: &str =
+        "UPDATE bursar_event_positions SET next = next + $1 RETURNING next - $1";
 
     /// Where the next event will be placed, as committed now: the counter
     /// read without its lock.
@@ -342,11 +347,11 @@ pub(crate) mod postgres {
                 .map_err(read_error)?;
             let mut feed = Vec::with_capacity(rows.len());
             for row in &rows {
-                let key = row_key(row, 15).map_err(StoreError::Internal)?;
+                let key = row_key(row, ENTRY_COLUMNS).map_err(StoreError::Internal)?;
                 let (entry, _) =
-                    crate::postgres::parse_entry(&key, row, 0).map_err(StoreError::Internal)?;
-                let position: Option<i64> = row.try_get(17).map_err(read_error)?;
-                let transitions: i16 = row.try_get(18).map_err(read_error)?;
+                    crate::postgres::parse_entry(&key, row).map_err(StoreError::Internal)?;
+                let position: Option<i64> = row.try_get(ENTRY_COLUMNS + 2).map_err(read_error)?;
+                let transitions: i16 = row.try_get(ENTRY_COLUMNS + 3).map_err(read_error)?;
                 feed.push(parse_columns(entry, position, i64::from(transitions))?);
             }
             let exceptions = crate::intake::postgres::from_position(client, from, count)

@@ -69,17 +69,8 @@ fn as_of_bound(at: Timestamp) -> i64 {
     at.unix_micros().saturating_add(1)
 }
 
-/// A stored snapshot (PostgreSQL's JSON), read back with the money
-/// invariants asserted: a broken one is corruption or a bug, never something
-/// to serve.
-fn snapshot(text: &str, key: impl std::fmt::Display) -> Result<Enrollment, StoreError> {
-    let enrollment: Enrollment = serde_json::from_str(text).map_err(|error| {
-        StoreError::Internal(format!("ledger of {key}: bad snapshot ({error})"))
-    })?;
-    checked(enrollment, key)
-}
-
-/// A snapshot with the money invariants asserted.
+/// A snapshot with the money invariants asserted: a broken one is
+/// corruption or a bug, never something to serve.
 fn checked(enrollment: Enrollment, key: impl std::fmt::Display) -> Result<Enrollment, StoreError> {
     enrollment.check().map_err(|broken| {
         StoreError::Internal(format!("a snapshot of {key} breaks an invariant: {broken}"))
@@ -114,12 +105,12 @@ fn empty_report() -> AuditReport {
 }
 
 pub(crate) mod sqlite {
-    //! On SQLite's compact ledger (see `ledger_rows.rs`) a snapshot is read
-    //! as the entry it belongs to: the columns, not JSON text.
+    //! A snapshot is read as the entry it belongs to: the compact row's
+    //! columns (see `ledger_codes.rs`), as on PostgreSQL.
 
     use super::*;
     use crate::USER_ENROLLMENTS_MAX;
-    use crate::ledger_rows::{ENTRY_COLUMNS, entry_columns};
+    use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
     use crate::sqlite::{entry_from_row, map_error};
     use bursar_core::UserId;
     use rusqlite::types::ValueRef;
@@ -302,27 +293,40 @@ pub(crate) mod sqlite {
 pub(crate) mod postgres {
     use super::*;
     use crate::USER_ENROLLMENTS_MAX;
+    use crate::ledger_codes::{ENTRY_COLUMNS, entry_columns};
     use crate::postgres::{parse_entry, read_error, row_key};
     use bursar_core::UserId;
     use deadpool_postgres::GenericClient;
 
-    const LATEST_BEFORE: &str = "SELECT snapshot FROM ledger \
-         WHERE user_id = $1 AND course_id = $2 AND created_at < $3 ORDER BY seq DESC LIMIT 1";
+    const LATEST_BEFORE: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM ledger \
+         WHERE user_id = $1 AND course_id = $2 AND created_at < $3 ORDER BY seq DESC LIMIT 1"
+    );
 
-    const USER_LATEST_BEFORE: &str = "SELECT DISTINCT ON (course_id) snapshot FROM ledger \
-         WHERE user_id = $1 AND created_at < $2 ORDER BY course_id, seq DESC LIMIT $3";
+    const USER_LATEST_BEFORE: &str = concat!(
+        "SELECT DISTINCT ON (course_id) ",
+        entry_columns!(),
+        ", user_id, course_id FROM ledger \
+         WHERE user_id = $1 AND created_at < $2 ORDER BY course_id, seq DESC LIMIT $3"
+    );
 
-    const ENTRIES_BETWEEN: &str = "SELECT seq, kind, amount, currency, idempotency_key, \
-         fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, \
-         expires_at, source FROM ledger \
+    const ENTRIES_BETWEEN: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM ledger \
          WHERE user_id = $1 AND course_id = $2 AND created_at >= $3 AND created_at < $4 \
-         ORDER BY seq LIMIT $5";
+         ORDER BY seq LIMIT $5"
+    );
 
-    const EXPORT_PAGE: &str = "SELECT seq, kind, amount, currency, idempotency_key, \
-         fingerprint, reference, reason, created_at, snapshot, prev_hash, hash, hold_seq, \
-         expires_at, source, user_id, course_id, position FROM ledger \
+    const EXPORT_PAGE: &str = concat!(
+        "SELECT ",
+        entry_columns!(),
+        ", user_id, course_id, position FROM ledger \
          WHERE position > $1 AND created_at >= $2 AND created_at < $3 \
-         ORDER BY position LIMIT $4";
+         ORDER BY position LIMIT $4"
+    );
 
     const HEAD_HASH: &str =
         "SELECT hash FROM ledger WHERE user_id = $1 AND course_id = $2 ORDER BY seq DESC LIMIT 1";
@@ -344,8 +348,8 @@ pub(crate) mod postgres {
             .await
             .map_err(read_error)?;
         row.map(|row| {
-            let text: &str = row.try_get(0).map_err(read_error)?;
-            snapshot(text, key)
+            let (entry, _) = parse_entry(key, &row).map_err(StoreError::Internal)?;
+            checked(entry.enrollment, key)
         })
         .transpose()
     }
@@ -380,8 +384,9 @@ pub(crate) mod postgres {
             .map_err(read_error)?;
         rows.iter()
             .map(|row| {
-                let text: &str = row.try_get(0).map_err(read_error)?;
-                snapshot(text, user_id)
+                let key = row_key(row, ENTRY_COLUMNS).map_err(StoreError::Internal)?;
+                let (entry, _) = parse_entry(&key, row).map_err(StoreError::Internal)?;
+                checked(entry.enrollment, user_id)
             })
             .collect()
     }
@@ -419,7 +424,7 @@ pub(crate) mod postgres {
             .iter()
             .take(limit as usize)
             .map(|row| {
-                parse_entry(key, row, 0)
+                parse_entry(key, row)
                     .map(|(entry, _)| entry)
                     .map_err(StoreError::Internal)
             })
@@ -456,10 +461,10 @@ pub(crate) mod postgres {
             .map_err(read_error)?;
         rows.iter()
             .map(|row| {
-                let key = row_key(row, 15).map_err(StoreError::Internal)?;
-                let (entry, _) = parse_entry(&key, row, 0).map_err(StoreError::Internal)?;
+                let key = row_key(row, ENTRY_COLUMNS).map_err(StoreError::Internal)?;
+                let (entry, _) = parse_entry(&key, row).map_err(StoreError::Internal)?;
                 Ok(PositionedEntry {
-                    position: position(row.try_get(17).map_err(read_error)?)?,
+                    position: position(row.try_get(ENTRY_COLUMNS + 2).map_err(read_error)?)?,
                     entry,
                 })
             })
@@ -474,7 +479,7 @@ pub(crate) mod postgres {
         let transaction = crate::postgres::read_snapshot(client).await?;
         let ids = [(key.user_id.to_string(), key.course_id.to_string())];
         let report = crate::postgres::audit_keys(&transaction, &ids).await?;
-        let head: Option<String> = transaction
+        let head: Option<Vec<u8>> = transaction
             .query_opt(HEAD_HASH, &[&key.user_id.as_str(), &key.course_id.as_str()])
             .await
             .map_err(read_error)?
@@ -482,6 +487,7 @@ pub(crate) mod postgres {
             .transpose()
             .map_err(read_error)?;
         transaction.commit().await.map_err(read_error)?;
-        Ok(one_audit(report, head.as_deref().and_then(Hash::from_hex)))
+        let head = head.and_then(|bytes| bytes.try_into().ok().map(Hash));
+        Ok(one_audit(report, head))
     }
 }

@@ -1,37 +1,20 @@
-//! The SQLite ledger's compact rows (schema 8): hashes as 32-byte blobs, the
-//! kind and the statuses as small integers, and the enrollment snapshot of
-//! each entry as plain columns instead of JSON text, with the fields that
-//! almost always follow from the entry (`version` = `seq`, `updated_at` =
-//! the entry's `created_at`, `created_at` of the enrollment = the `ENROLL`
-//! entry's, `amount_available` = due − held) stored only when they do not.
-//! An entry read back is exactly the entry written, so its canonical bytes,
-//! its hash and every chain and digest over it stay the same. Also the
+//! The SQLite ledger's compact rows (schema 8), encoded as `ledger_codes.rs`
+//! says for both backends: hashes as 32-byte blobs, the kind and the
+//! statuses as small integers, the snapshot as plain columns. Also the
 //! upgrade of a ledger written in the JSON layout (schema 7) to this one.
 
 use crate::StoreError;
+pub(crate) use crate::ledger_codes::EntryRow;
+use crate::ledger_codes::{
+    self, CompactRow, ENTRY_COLUMNS, SnapshotColumns, entry_columns, kind_code, source_text,
+};
 use crate::sqlite::map_error;
 use bursar_core::{
-    AccessPolicy, AccessStatus, CourseId, Currency, Enrollment, EnrollmentKey, EnrollmentStatus,
-    EntryKind, Hash, IdempotencyKey, LedgerEntry, PaymentStatus, Price, Reason, Reference,
-    Timestamp, Transitions, UserId,
+    CourseId, Currency, EnrollmentKey, EntryKind, Hash, IdempotencyKey, LedgerEntry, Reason,
+    Reference, Timestamp, Transitions, UserId,
 };
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, Statement, params};
-
-/// The columns of a ledger row as `read_entry` reads them, by index.
-macro_rules! entry_columns {
-    () => {
-        "seq, kind, amount, currency, idempotency_key, fingerprint, reference, reason, \
-         created_at, price, amount_charged, amount_paid, amount_credited, amount_refunded, \
-         amount_due, amount_held, amount_available, statuses, access_policy_amount, \
-         enrolled_at, version, updated_at, prev_hash, hash, hold_seq, expires_at, source"
-    };
-}
-pub(crate) use entry_columns;
-
-/// How many columns `entry_columns!()` names: a query that reads more puts
-/// them after these (`user_id, course_id`, then `position, transitions`).
-pub(crate) const ENTRY_COLUMNS: usize = 27;
 
 /// The compact ledger table, its indexes, and nothing else: the shape every
 /// schema-8 database has.
@@ -86,61 +69,6 @@ pub(crate) const INSERT_ENTRY: &str = concat!(
      ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
 );
 
-fn kind_code(kind: EntryKind) -> i64 {
-    EntryKind::ALL
-        .iter()
-        .position(|known| *known == kind)
-        .expect("every kind is in ALL") as i64
-}
-
-pub(crate) fn kind_of(code: i64) -> Option<EntryKind> {
-    EntryKind::ALL.get(usize::try_from(code).ok()?).copied()
-}
-
-const PAYMENT_STATUSES: [PaymentStatus; 3] = [
-    PaymentStatus::Pending,
-    PaymentStatus::Partial,
-    PaymentStatus::Completed,
-];
-const ACCESS_STATUSES: [AccessStatus; 3] = [
-    AccessStatus::Locked,
-    AccessStatus::Granted,
-    AccessStatus::Revoked,
-];
-const ENROLLMENT_STATUSES: [EnrollmentStatus; 5] = [
-    EnrollmentStatus::PendingPayment,
-    EnrollmentStatus::Active,
-    EnrollmentStatus::Suspended,
-    EnrollmentStatus::Completed,
-    EnrollmentStatus::Cancelled,
-];
-
-fn index_of<T: PartialEq>(all: &[T], value: &T) -> i64 {
-    all.iter()
-        .position(|known| known == value)
-        .expect("every status is listed") as i64
-}
-
-/// The three statuses in one integer: payment in bits 0–1, access in bits
-/// 2–3, the enrollment's in bits 4–6.
-fn statuses_code(enrollment: &Enrollment) -> i64 {
-    index_of(&PAYMENT_STATUSES, &enrollment.payment_status)
-        | index_of(&ACCESS_STATUSES, &enrollment.access_status) << 2
-        | index_of(&ENROLLMENT_STATUSES, &enrollment.status) << 4
-}
-
-fn statuses_of(code: i64) -> Option<(PaymentStatus, AccessStatus, EnrollmentStatus)> {
-    if !(0..128).contains(&code) {
-        return None;
-    }
-    let code = code as usize;
-    Some((
-        *PAYMENT_STATUSES.get(code & 3)?,
-        *ACCESS_STATUSES.get((code >> 2) & 3)?,
-        *ENROLLMENT_STATUSES.get(code >> 4)?,
-    ))
-}
-
 /// Writes one entry with its request fingerprint, position and transitions.
 pub(crate) fn insert_entry(
     insert: &mut Statement<'_>,
@@ -150,16 +78,7 @@ pub(crate) fn insert_entry(
     transitions: Transitions,
 ) -> Result<(), StoreError> {
     let snapshot = &entry.enrollment;
-    let created_at = entry.created_at.unix_micros();
-    let differs = |value: i64, usual: i64| (value != usual).then_some(value);
-    let policy_amount = match snapshot.access_policy {
-        AccessPolicy::FullPayment => None,
-        AccessPolicy::MinSettled { amount } => Some(amount.minor_units()),
-    };
-    let source = entry
-        .source
-        .as_ref()
-        .map(|source| serde_json::to_string(source).expect("a source serializes"));
+    let columns = SnapshotColumns::of(entry);
     insert
         .execute(params![
             snapshot.user_id.as_str(),
@@ -172,28 +91,25 @@ pub(crate) fn insert_entry(
             &fingerprint.0[..],
             entry.reference.as_ref().map(Reference::as_str),
             entry.reason.as_ref().map(Reason::as_str),
-            created_at,
-            snapshot.price,
-            snapshot.amount_charged,
-            snapshot.amount_paid,
-            snapshot.amount_credited,
-            snapshot.amount_refunded,
-            snapshot.amount_due,
-            snapshot.amount_held,
-            differs(
-                snapshot.amount_available,
-                snapshot.amount_due.saturating_sub(snapshot.amount_held)
-            ),
-            statuses_code(snapshot),
-            policy_amount,
-            differs(snapshot.created_at.unix_micros(), created_at),
-            differs(snapshot.version as i64, entry.seq as i64),
-            differs(snapshot.updated_at.unix_micros(), created_at),
+            entry.created_at.unix_micros(),
+            columns.price,
+            columns.amount_charged,
+            columns.amount_paid,
+            columns.amount_credited,
+            columns.amount_refunded,
+            columns.amount_due,
+            columns.amount_held,
+            columns.amount_available,
+            columns.statuses,
+            columns.access_policy_amount,
+            columns.enrolled_at,
+            columns.version,
+            columns.updated_at,
             &entry.prev_hash.0[..],
             &entry.hash.0[..],
             entry.hold_seq.map(|seq| seq as i64),
             entry.expires_at.map(Timestamp::unix_micros),
-            source,
+            source_text(entry.source.as_ref()),
             position.map(|position| position as i64),
             i64::from(transitions.bits()),
         ])
@@ -201,13 +117,32 @@ pub(crate) fn insert_entry(
     Ok(())
 }
 
-/// An entry and its request fingerprint, or what is wrong with the row.
-pub(crate) type EntryRow = Result<(LedgerEntry, Hash), String>;
+/// A SQLite row as `ledger_codes::read_entry` reads it.
+struct SqliteRow<'row, 'statement>(&'row Row<'statement>);
 
-fn hash_at(row: &Row<'_>, index: usize) -> Option<Hash> {
-    match row.get_ref(index).ok()? {
-        ValueRef::Blob(bytes) => Some(Hash(bytes.try_into().ok()?)),
-        _ => None,
+impl CompactRow for SqliteRow<'_, '_> {
+    fn integer(&self, index: usize) -> Result<Option<i64>, ()> {
+        match self.0.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Integer(value)) => Ok(Some(value)),
+            _ => Err(()),
+        }
+    }
+
+    fn text(&self, index: usize) -> Result<Option<&str>, ()> {
+        match self.0.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Text(bytes)) => std::str::from_utf8(bytes).map(Some).map_err(|_| ()),
+            _ => Err(()),
+        }
+    }
+
+    fn bytes(&self, index: usize) -> Result<Option<&[u8]>, ()> {
+        match self.0.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Blob(bytes)) => Ok(Some(bytes)),
+            _ => Err(()),
+        }
     }
 }
 
@@ -215,138 +150,8 @@ fn hash_at(row: &Row<'_>, index: usize) -> Option<Hash> {
 /// the enrollment `key`. A value of the wrong type or out of range is a bad
 /// row (`Err` inside), never a failed query.
 pub(crate) fn read_entry(key: &EnrollmentKey, row: &Row<'_>) -> rusqlite::Result<EntryRow> {
-    let seq: i64 = row.get(0)?;
-    let bad = |what: &str| format!("ledger entry {key} seq {seq}: bad {what}");
-    let integer = |index: usize| -> Result<i64, String> {
-        row.get_ref(index)
-            .ok()
-            .and_then(|value| value.as_i64().ok())
-            .ok_or_else(|| bad(COLUMN_NAMES[index]))
-    };
-    let optional_integer = |index: usize| -> Result<Option<i64>, String> {
-        match row.get_ref(index) {
-            Ok(ValueRef::Null) => Ok(None),
-            Ok(ValueRef::Integer(value)) => Ok(Some(value)),
-            _ => Err(bad(COLUMN_NAMES[index])),
-        }
-    };
-    let text = |index: usize| -> Result<Option<&str>, String> {
-        match row.get_ref(index) {
-            Ok(ValueRef::Null) => Ok(None),
-            Ok(ValueRef::Text(bytes)) => std::str::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| bad(COLUMN_NAMES[index])),
-            _ => Err(bad(COLUMN_NAMES[index])),
-        }
-    };
-    let parse = || -> Result<(LedgerEntry, Hash), String> {
-        let created_at = integer(8)?;
-        let snapshot = |what: &str| format!("ledger entry {key} seq {seq}: bad snapshot ({what})");
-        let (payment_status, access_status, status) =
-            statuses_of(integer(17).map_err(|_| snapshot("statuses"))?)
-                .ok_or_else(|| snapshot("statuses"))?;
-        let access_policy = match optional_integer(18).map_err(|_| snapshot("access policy"))? {
-            None => AccessPolicy::FullPayment,
-            Some(amount) => AccessPolicy::MinSettled {
-                amount: Price::new(i128::from(amount)).map_err(|_| snapshot("access policy"))?,
-            },
-        };
-        let amount = |index: usize| integer(index).map_err(|_| snapshot(COLUMN_NAMES[index]));
-        let amount_due = amount(14)?;
-        let amount_held = amount(15)?;
-        let usual = |index: usize, value: i64| -> Result<i64, String> {
-            Ok(optional_integer(index)
-                .map_err(|_| snapshot(COLUMN_NAMES[index]))?
-                .unwrap_or(value))
-        };
-        let currency =
-            Currency::parse(text(3)?.unwrap_or_default()).map_err(|_| bad("currency"))?;
-        let enrollment = Enrollment {
-            user_id: key.user_id.clone(),
-            course_id: key.course_id.clone(),
-            currency,
-            price: amount(9)?,
-            amount_charged: amount(10)?,
-            amount_paid: amount(11)?,
-            amount_credited: amount(12)?,
-            amount_refunded: amount(13)?,
-            amount_due,
-            amount_held,
-            amount_available: usual(16, amount_due.saturating_sub(amount_held))?,
-            payment_status,
-            access_policy,
-            access_status,
-            status,
-            version: u64::try_from(usual(20, seq)?).map_err(|_| snapshot("version"))?,
-            created_at: Timestamp::from_unix_micros(usual(19, created_at)?),
-            updated_at: Timestamp::from_unix_micros(usual(21, created_at)?),
-        };
-        let entry = LedgerEntry {
-            seq: u64::try_from(seq).map_err(|_| bad("seq"))?,
-            kind: kind_of(integer(1)?).ok_or_else(|| bad("kind"))?,
-            amount: integer(2)?,
-            currency,
-            idempotency_key: text(4)?
-                .map(IdempotencyKey::parse)
-                .transpose()
-                .map_err(|_| bad("idempotency_key"))?,
-            reference: text(6)?
-                .map(Reference::parse)
-                .transpose()
-                .map_err(|_| bad("reference"))?,
-            reason: text(7)?
-                .map(Reason::parse)
-                .transpose()
-                .map_err(|_| bad("reason"))?,
-            hold_seq: optional_integer(24)?
-                .map(u64::try_from)
-                .transpose()
-                .map_err(|_| bad("hold_seq"))?,
-            expires_at: optional_integer(25)?.map(Timestamp::from_unix_micros),
-            source: text(26)?
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|_| bad("source"))?,
-            created_at: Timestamp::from_unix_micros(created_at),
-            enrollment,
-            prev_hash: hash_at(row, 22).ok_or_else(|| bad("prev_hash"))?,
-            hash: hash_at(row, 23).ok_or_else(|| bad("hash"))?,
-        };
-        Ok((entry, hash_at(row, 5).ok_or_else(|| bad("fingerprint"))?))
-    };
-    Ok(parse())
+    Ok(ledger_codes::read_entry(key, &SqliteRow(row)))
 }
-
-/// The names of `entry_columns!()`, by index, for messages.
-const COLUMN_NAMES: [&str; ENTRY_COLUMNS] = [
-    "seq",
-    "kind",
-    "amount",
-    "currency",
-    "idempotency_key",
-    "fingerprint",
-    "reference",
-    "reason",
-    "created_at",
-    "price",
-    "amount_charged",
-    "amount_paid",
-    "amount_credited",
-    "amount_refunded",
-    "amount_due",
-    "amount_held",
-    "amount_available",
-    "statuses",
-    "access_policy_amount",
-    "enrolled_at",
-    "version",
-    "updated_at",
-    "prev_hash",
-    "hash",
-    "hold_seq",
-    "expires_at",
-    "source",
-];
 
 /// The enrollment of a row whose `entry_columns!()` are followed by
 /// `user_id, course_id`.
@@ -406,18 +211,8 @@ pub(crate) fn upgrade_from_json_layout(connection: &Connection) -> Result<(), St
                 .map_err(unreadable)?;
             let position: Option<i64> = row.get(17).map_err(map_error)?;
             let transitions: i64 = row.get(18).map_err(map_error)?;
-            let transitions = Transitions::from_bits(transitions)
-                .ok_or_else(|| unreadable(format!("bad transitions at seq {}", entry.seq)))?;
-            // The compact row keeps one currency and takes the snapshot's ids
-            // from its key: an entry whose snapshot disagrees (changed by
-            // hand) cannot be kept as it is, and is for the audit to name.
-            if entry.enrollment.key() != key || entry.enrollment.currency != entry.currency {
-                return Err(unreadable(format!(
-                    "the snapshot of seq {} names another enrollment or currency \
-                     (bursar audit names it)",
-                    entry.seq
-                )));
-            }
+            let transitions =
+                ledger_codes::fits_compact_row(&key, &entry, transitions).map_err(unreadable)?;
             // A row without a position keeps none (the digest's check
             // reports such rows).
             let position = position.map(|position| position as u64);

@@ -8,6 +8,7 @@ mod events;
 mod history;
 mod holds;
 pub mod intake;
+mod ledger_codes;
 mod ledger_rows;
 mod postgres;
 mod publishers;

@@ -5,7 +5,8 @@
 use crate::checkpoint::Checkpointer;
 use crate::events::{self, EventPage, EventQuery};
 use crate::intake::{self, Dismissal, ExceptionQuery, IntakeOutcome, IntakeWrite};
-use crate::ledger_rows::{self, EntryRow, entry_columns};
+use crate::ledger_codes::entry_columns;
+use crate::ledger_rows::{self, EntryRow};
 use crate::state_cache::StateCache;
 use crate::{
     AuditReport, LEDGER_PAGE_ENTRIES_MAX, StoreError, TokenRecord, USER_ENROLLMENTS_MAX, audit_one,

@@ -285,6 +285,27 @@ pub fn sqlite_to_json_layout(path: &std::path::Path) -> Result<(), crate::StoreE
     transaction.commit().map_err(crate::sqlite::map_error)
 }
 
+/// Rewrites the ledger of a PostgreSQL database in the JSON layout bursar
+/// wrote before schema 8, exactly as it wrote it, and sets the schema
+/// version to 7: opening it then runs the upgrade, as on a database written
+/// by a bursar of before.
+pub fn postgres_to_json_layout(url: &str) -> Result<(), StoreError> {
+    let options = PostgresOptions::parse(url)?;
+    block_on(async {
+        let store = crate::postgres::PostgresStore::open(options).await?;
+        let mut client = store.connection().await?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(crate::postgres::read_error)?;
+        crate::postgres::to_json_layout(&transaction).await?;
+        transaction
+            .commit()
+            .await
+            .map_err(crate::postgres::read_error)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

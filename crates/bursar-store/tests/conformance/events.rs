@@ -87,7 +87,7 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
     drop(store);
     // Back to the schema of before events: no positions, no transitions (and
     // none of webhooks, publishers and the payment intake, which came after;
-    // on SQLite the JSON ledger of before schema 8 too).
+    // the JSON ledger of before schema 8 too).
     match backend {
         Backend::Sqlite => {
             bursar_store::testing::sqlite_to_json_layout(db.sqlite_path())
@@ -106,8 +106,10 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
              PRAGMA user_version = 3;",
             )
         }
-        Backend::Postgres => db.execute_sql(
-            "DROP TABLE event_publishers;
+        Backend::Postgres => {
+            bursar_store::testing::postgres_to_json_layout(&url).expect("the JSON layout");
+            db.execute_sql(
+                "DROP TABLE event_publishers;
              DROP TABLE webhook_endpoints;
              DROP TABLE webhook_pending;
              DROP TABLE webhook_attempts;
@@ -118,7 +120,8 @@ async fn a_database_from_before_events_gets_the_same_feed(backend: Backend) {
              ALTER TABLE ledger DROP COLUMN position;
              ALTER TABLE ledger DROP COLUMN transitions;
              DELETE FROM bursar_schema_migrations WHERE version >= 4;",
-        ),
+            )
+        }
     }
     let store = Store::open(&url).await.expect("migrate");
     assert_eq!(everything(&store).await, before);

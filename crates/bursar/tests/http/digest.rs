@@ -365,10 +365,10 @@ async fn a_rewritten_entry_with_its_chain_recomputed_changes_the_root(backend: B
         serde_json::from_value(history.a_seq_4.clone()).expect("an entry");
     entry.reference = Some(bursar_core::Reference::parse("forged").expect("a reference"));
     let hash = entry.compute_hash();
-    // SQLite keeps a hash as 32 bytes, PostgreSQL as hex text.
+    // Both keep a ledger hash as 32 bytes, each with its own literal.
     let stored = match backend {
         Backend::Sqlite => format!("X'{hash}'"),
-        Backend::Postgres => format!("'{hash}'"),
+        Backend::Postgres => format!("decode('{hash}', 'hex')"),
     };
     history.db.execute(&format!(
         "UPDATE ledger SET reference = 'forged', hash = {stored}
